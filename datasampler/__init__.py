@@ -1,0 +1,22 @@
+"""Batch samplers: one file per sampler, plus this registry.
+
+``sampler = select(name, opt, labels)`` returns a ``torch.utils.data.Sampler`` yielding lists of
+dataset indices (pass it as ``batch_sampler=`` to a DataLoader).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from datasampler import class_random
+from datasampler.base import BatchSampler
+from utilities.registry import Registry
+
+REGISTRY = Registry("data sampler", flag_prefix="data")
+for _cls in (class_random.ClassRandomSampler,):
+    REGISTRY.add(_cls)
+
+
+def select(name: str, opt: argparse.Namespace, labels) -> BatchSampler:
+    """Build sampler ``name`` over the training ``labels`` (N,)."""
+    return REGISTRY.build(name, opt, labels=labels)

@@ -1,0 +1,55 @@
+"""The study's default batch sampler: random classes, ``samples_per_class`` images each.
+
+Each batch is built by drawing ``bs / samples_per_class`` classes uniformly **with replacement**
+(so a class can appear twice in a batch, as in the reference study) and then
+``samples_per_class`` images of each drawn class. One epoch is ``len(dataset) // bs`` batches, the
+reference's definition (it does not guarantee that every image is seen).
+
+Deviations from the reference implementation: driven by a seeded ``torch.Generator`` (its state is
+checkpointed), not Python's global ``random``; images within a drawn class are taken without
+replacement when the class has enough of them (the reference could put the same image twice in a
+batch, giving zero-distance "positives"); ``bs % samples_per_class`` is checked with a readable
+error. For distinct classes per batch and an epoch that covers the data, use the ``pk`` sampler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from datasampler.base import BatchSampler
+
+
+@dataclass
+class ClassRandomHparams:
+    bs: int = field(default=112, metadata={"global": "bs"})
+    samples_per_class: int = field(default=2, metadata={"global": "samples_per_class"})
+    seed: int = field(default=0, metadata={"global": "seed"})
+
+
+class ClassRandomSampler(BatchSampler):
+    """bs/spc random classes (with replacement) × spc images each."""
+
+    name = "class_random"
+    Hparams = ClassRandomHparams
+
+    def __len__(self) -> int:
+        return max(1, len(self.labels) // self.hp.bs)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        spc = self.hp.samples_per_class
+        n_draw = self.hp.bs // spc
+        for _ in range(len(self)):
+            classes = torch.randint(len(self.class_members), (n_draw,), generator=self.generator)
+            batch: list[int] = []
+            for c in classes.tolist():  # bs/spc small draws per batch; the loop is over classes
+                members = self.class_members[c]
+                if len(members) >= spc:
+                    pick = torch.randperm(len(members), generator=self.generator)[:spc]
+                else:
+                    pick = torch.randint(len(members), (spc,), generator=self.generator)
+                batch.extend(members[pick].tolist())
+            yield batch
+

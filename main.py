@@ -1,0 +1,122 @@
+"""Train and evaluate one deep-metric-learning run (flags: ``python main.py --help``).
+
+parse -> seed -> data -> sampler -> model -> miner -> criterion -> optimiser -> logger ->
+for each epoch: train, evaluate (test; validation; train unless --no_train_metrics), log,
+checkpoint -> summary.json. Configuration errors end with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+
+import architectures
+import batch_mining
+import criteria
+import datasampler
+import datasets
+import parameters
+from evaluation import evaluate_split
+from evaluation.selection import improved, selection_split
+from utilities import checkpoint
+from utilities.errors import ConfigError
+from utilities.logger import RunLogger
+from utilities.seeding import resolve_device, seed_everything
+from utilities.training import build_optimizer, build_scheduler, make_loader, train_one_epoch
+
+
+def main(argv: list[str] | None = None) -> dict:
+    opt = parameters.parse(argv)
+    wall_start = time.time()
+    seed_everything(opt.seed)
+    device = resolve_device(opt.device, opt.gpu)
+    metric_device = device if opt.evaluate_on_gpu else torch.device("cpu")
+
+    # ---- data ---------------------------------------------------------------------------------
+    splits = datasets.select(opt.dataset, opt)
+    opt.n_classes = splits["training"].n_classes
+    sampler = datasampler.select(opt.data_sampler, opt, splits["training"].labels)
+    train_loader = make_loader(splits["training"], opt, batch_sampler=sampler, seed=opt.seed)
+    eval_names = ["testing", "validation"] + ([] if opt.no_train_metrics else ["evaluation"])
+    eval_loaders = {s: make_loader(splits[s], opt) for s in eval_names if s in splits}
+
+    # ---- model, miner, loss, optimiser ----------------------------------------------------------
+    model = architectures.select(opt.arch, opt).to(device)
+    batchminer = batch_mining.select(opt.batch_mining, opt) if criteria.requires_miner(opt.loss) else None
+    criterion = criteria.select(opt.loss, opt, batchminer).to(device)
+    optimizer = build_optimizer(model, criterion, opt)
+    scheduler = build_scheduler(optimizer, opt)
+    if getattr(sampler, "requires_storage", False):
+        sampler.init_storage(lambda: _embed_training_set(model, splits["evaluation"], opt, device))
+
+    logger = RunLogger(opt)
+    select_on = selection_split(list(eval_loaders))
+    select_metric = opt.storage_metrics[0]
+    print(f"Run folder: {logger.folder}")
+    print(f"{opt.dataset}: {len(splits['training'])} training images, {opt.n_classes} classes | "
+          f"loss {opt.loss} | miner {opt.batch_mining if batchminer else '-'} | arch {opt.arch} | "
+          f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters | {device}")
+
+    # ---- train ------------------------------------------------------------------------------------
+    history: dict[str, list[dict]] = {s: [] for s in eval_loaders}
+    best_epoch = None
+    for epoch in range(opt.n_epochs):
+        stats = train_one_epoch(model, criterion, train_loader, optimizer, device, epoch=epoch,
+                                batchminer=batchminer, sampler=sampler, progress=not opt.no_progress)
+        logger.log(epoch, "training", stats)
+        line = [f"Epoch {epoch}: loss {stats['loss']:.4f} ({stats['train_time']:.1f}s)"]
+        for split, loader in eval_loaders.items():
+            results = evaluate_split(model, loader, opt.evaluation_metrics, device,
+                                     seed=opt.seed, metric_device=metric_device)
+            history[split].append(results)
+            logger.log(epoch, split, results)
+            line.append(f"{split}: " + ", ".join(
+                f"{k} {v:.4f}" for k, v in results.items() if k in opt.evaluation_metrics))
+        print(" | ".join(line))
+        scheduler.step()
+
+        state = {"epoch": epoch, "model": model.state_dict(), "criterion": criterion.state_dict(),
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "sampler": sampler.state_dict(), "miner": batchminer.state_dict() if batchminer else {},
+                 "rng": torch.get_rng_state(), "args": vars(opt).copy()}
+        checkpoint.save_atomic(state, logger.folder / "checkpoint_last.pt")
+        scores = [r.get(select_metric) for r in history[select_on]]
+        if improved(scores[:-1], scores[-1]):
+            best_epoch = epoch
+            checkpoint.save_atomic(state, logger.folder / "checkpoint_best.pt")
+
+    # ---- summary ----------------------------------------------------------------------------------
+    summary = {
+        "selected_epoch": best_epoch, "selection_split": select_on, "selection_metric": select_metric,
+        "selected_on_test_split": select_on == "testing",
+        "note": ("epoch selected on the TEST split (no --use_tv_split): test metrics are optimistic"
+                 if select_on == "testing" else "epoch selected on the validation split"),
+        "metrics": {s: h[best_epoch] if best_epoch is not None else None for s, h in history.items()},
+        "wall_time": time.time() - wall_start, "n_epochs": opt.n_epochs,
+    }
+    logger.summary(summary)
+    if best_epoch is not None:
+        best = summary["metrics"]["testing"]
+        print(f"Selected epoch {best_epoch} on {select_on} {select_metric}; testing: "
+              + ", ".join(f"{k} {best[k]:.4f}" for k in opt.evaluation_metrics))
+    return summary
+
+
+def _embed_training_set(model, dataset, opt, device):
+    from evaluation import embed
+
+    return embed(model, make_loader(dataset, opt), device)[0]
+
+
+def cli() -> None:
+    try:
+        main()
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    cli()

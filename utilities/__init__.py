@@ -1,0 +1,1 @@
+"""Shared infrastructure: registries, errors, seeding, logging, checkpoints, training helpers."""

@@ -1,0 +1,9 @@
+"""Errors that mean "the run was configured wrongly", as opposed to bugs.
+
+``main.py`` turns a :class:`ConfigError` into one readable line on stderr and exit code 2 (the
+same code argparse uses), so a typo in a sweep never ends in a traceback.
+"""
+
+
+class ConfigError(ValueError):
+    """A flag value, flag combination or on-disk layout that cannot work."""

@@ -1,0 +1,100 @@
+"""Optimiser, scheduler, data loaders and the one-epoch training step used by ``main.py``."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from utilities.errors import ConfigError
+from utilities.seeding import loader_generator, worker_init_fn
+
+
+def build_optimizer(model: nn.Module, criterion: nn.Module, opt: argparse.Namespace) -> torch.optim.Optimizer:
+    """Network parameters get ``--lr``/``--decay``; with ``--fc_lr >= 0`` the ``last_linear`` head
+    gets its own learning rate (0 freezes it, as in the study). Learnable loss parameters come from
+    ``criterion.param_groups()`` with their own learning rates and no weight decay."""
+    head = [p for n, p in model.named_parameters() if "last_linear" in n and p.requires_grad]
+    head_ids = {id(p) for p in head} if opt.fc_lr >= 0 else set()
+    body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+    groups: list[dict[str, Any]] = [{"params": body, "lr": opt.lr, "weight_decay": opt.decay, "name": "network"}]
+    if head_ids:
+        groups.append({"params": head, "lr": opt.fc_lr, "weight_decay": opt.decay, "name": "last_linear"})
+    if hasattr(criterion, "param_groups"):
+        groups += [g for g in criterion.param_groups() if g["params"]]
+    if opt.optim == "adam":
+        return torch.optim.Adam(groups)
+    if opt.optim == "adamw":
+        return torch.optim.AdamW(groups)
+    if opt.optim == "sgd":
+        return torch.optim.SGD(groups, momentum=0.9)
+    raise ConfigError(f"unknown --optim '{opt.optim}'; choose from: adam, adamw, sgd")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, opt: argparse.Namespace):
+    """``step``: MultiStepLR(milestones=--tau, gamma=--gamma), stepped once per epoch;
+    ``cosine``: cosine decay over --n_epochs; ``none``: constant learning rates."""
+    if opt.scheduler == "step":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=opt.tau, gamma=opt.gamma)
+    if opt.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, opt.n_epochs))
+    if opt.scheduler == "none":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+    raise ConfigError(f"unknown --scheduler '{opt.scheduler}'; choose from: step, cosine, none")
+
+
+def make_loader(dataset, opt: argparse.Namespace, *, batch_sampler=None, seed: int = 0) -> torch.utils.data.DataLoader:
+    """A seeded DataLoader: ``batch_sampler`` for training, sequential batches of ``--bs`` otherwise."""
+    kwargs: dict[str, Any] = {
+        "num_workers": opt.kernels,
+        "pin_memory": torch.cuda.is_available(),
+        "worker_init_fn": worker_init_fn,
+        "generator": loader_generator(seed),
+        "persistent_workers": opt.kernels > 0,
+    }
+    if batch_sampler is not None:
+        return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, **kwargs)
+    return torch.utils.data.DataLoader(dataset, batch_size=opt.bs, shuffle=False, **kwargs)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    criterion: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    *,
+    epoch: int,
+    batchminer=None,
+    sampler=None,
+    progress: bool = True,
+) -> dict[str, float]:
+    """One pass over ``loader``; returns the mean loss, the time and the miner's statistics."""
+    model.train()
+    criterion.train()
+    start, losses = time.perf_counter(), []
+    bar = tqdm(loader, desc=f"Epoch {epoch} training", leave=False, disable=not progress)
+    for images, labels, idx in bar:
+        embeddings = model(images.to(device, non_blocking=True))
+        loss = criterion(embeddings.float(), labels.to(device))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if getattr(sampler, "requires_storage", False):
+            sampler.update_storage(embeddings.detach(), idx)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    stats = {"loss": sum(losses) / max(1, len(losses)), "train_time": time.perf_counter() - start}
+    stats["lr"] = optimizer.param_groups[0]["lr"]
+    if batchminer is not None and hasattr(batchminer, "pop_stats"):
+        stats.update({f"miner_{k}": v for k, v in batchminer.pop_stats().items()})
+    if math.isnan(stats["loss"]):
+        raise FloatingPointError(f"NaN loss at epoch {epoch}")
+    return stats
