@@ -1,0 +1,42 @@
+"""Shared test fixtures. The repository root is put on sys.path so tests import the packages."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def default_opt() -> argparse.Namespace:
+    """The full default namespace (every global and plugin flag), as main.py would see it."""
+    import parameters
+
+    opt = parameters.parse(["--dataset", "digits"])
+    opt.n_classes = 10
+    return opt
+
+
+def make_batch(n_classes: int = 8, per_class: int = 4, dim: int = 16, normalize: bool = True,
+               dtype: torch.dtype = torch.float32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random (B, D) batch with ``per_class`` samples of each of ``n_classes`` classes."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n_classes * per_class, dim, generator=g, dtype=dtype)
+    if normalize:
+        x = torch.nn.functional.normalize(x, dim=1)
+    labels = torch.arange(n_classes).repeat_interleave(per_class)
+    return x, labels
