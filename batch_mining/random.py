@@ -4,10 +4,10 @@ A valid triplet (a, p, n) has y_a = y_p, a ≠ p and y_n ≠ y_a. Drawing the an
 ∝ |P(a)|·|N(a)| and then p and n uniformly from its positives and negatives is exactly uniform over
 all valid triplets.
 
-Deviation from the reference implementation: the reference enumerated every triplet in Python
-(12,320 for 56 classes × 2) and drew B of them without replacement; here the B triplets are drawn
-with replacement by three ``torch.multinomial`` calls (same distribution per triplet, no
-enumeration). Anchors without a positive or a negative are never drawn; a batch with no valid
+Deviations from the reference implementation: the reference enumerated every triplet in Python
+(12,320 for 56 classes × 2) and drew B of them without replacement (crashing when there were fewer
+than B); here B triplets are drawn with replacement by one ``torch.multinomial`` and two masked
+uniform draws (the same distribution per triplet, no enumeration). A batch without any valid
 triplet returns empty tensors.
 """
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from batch_mining.base import BatchMiner, empty_triplets, label_masks, sample_rows
+from batch_mining.base import BatchMiner, empty_triplets, label_masks, sample_uniform
 
 
 @dataclass
@@ -26,22 +26,19 @@ class RandomHparams:
 
 
 class RandomMiner(BatchMiner):
-    """Uniformly random valid triplets."""
+    """B uniformly random valid triplets."""
 
     name = "random"
     tuple_kind = "triplets"
     Hparams = RandomHparams
 
-    def __init__(self, **hparams) -> None:
-        super().__init__(**hparams)
-
-    def mine(self, batch: torch.Tensor, labels: torch.Tensor):
+    def mine(self, batch: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         pos, neg = label_masks(labels)
-        weight = pos.sum(1) * neg.sum(1)
-        if weight.sum() == 0:
+        weight = (pos.sum(1) * neg.sum(1)).double()
+        if not bool(weight.any()):
             return empty_triplets(batch.device)
         gen = self.generator(batch.device)
-        anchors = torch.multinomial(weight.double(), len(labels), replacement=True, generator=gen)
-        positives = sample_rows(pos[anchors].double(), gen)
-        negatives = sample_rows(neg[anchors].double(), gen)
+        anchors = torch.multinomial(weight, len(labels), replacement=True, generator=gen)
+        positives = sample_uniform(pos[anchors], gen)
+        negatives = sample_uniform(neg[anchors], gen)
         return anchors, positives, negatives
