@@ -1,14 +1,18 @@
 """Embed a split and compute its metrics.
 
 ``embed`` collects the embeddings of a split into one preallocated tensor (no Python lists);
-``evaluate_split`` runs :func:`metrics.compute` on them and reports the time taken. Which epoch is
-"best" is decided in :mod:`evaluation.selection`.
+``evaluate_split`` runs :func:`metrics.compute` on them (query/gallery protocol when the split
+carries ``is_query`` / ``is_gallery`` masks, leave-one-out otherwise), optionally saves them as
+``.npz`` (readable by ``python -m evaluation --embeddings FILE.npz``) and reports the time taken.
+Which epoch is "best" is decided in :mod:`evaluation.selection`.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -16,7 +20,9 @@ import metrics
 
 
 @torch.no_grad()
-def embed(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def embed(
+    model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, D) float32 embeddings and (N,) labels of every item of ``loader``'s dataset, in order."""
     was_training = model.training
     model.eval()
@@ -35,6 +41,27 @@ def embed(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.d
     return embeddings, labels
 
 
+def query_gallery_masks(dataset) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The split's ``is_query`` / ``is_gallery`` masks (``None``: leave-one-out)."""
+    return getattr(dataset, "is_query", None), getattr(dataset, "is_gallery", None)
+
+
+def save_embeddings(path: str | Path, embeddings: torch.Tensor, labels: torch.Tensor, **extra) -> Path:
+    """Write ``embeddings`` (N, D), ``labels`` (N,) and optional arrays (e.g. masks) as ``.npz``."""
+    path = Path(path)
+    arrays = {
+        "embeddings": embeddings.detach().cpu().numpy().astype(np.float32),
+        "labels": labels.detach().cpu().numpy().astype(np.int64),
+    }
+    for key, value in extra.items():
+        if value is not None:
+            arrays[key] = value.detach().cpu().numpy() if torch.is_tensor(value) else np.asarray(value)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+    return path
+
+
 def evaluate_split(
     model: nn.Module,
     loader: torch.utils.data.DataLoader,
@@ -43,10 +70,66 @@ def evaluate_split(
     *,
     seed: int = 0,
     metric_device: torch.device | str = "cpu",
-) -> dict[str, float]:
-    """All ``metric_names`` on one split plus ``eval_time`` (seconds, embedding included)."""
+    backend: str = "auto",
+    chunk: int | None = None,
+    save_to: str | Path | None = None,
+    epoch: int | None = None,
+) -> dict[str, float | list[float]]:
+    """All ``metric_names`` on one split, plus timings in seconds: ``eval_time`` (total, embedding
+    included), ``eval_time_embed`` and ``eval_time_<stage>`` per shared stage (knn, kmeans, svd)."""
     start = time.perf_counter()
     embeddings, labels = embed(model, loader, device)
-    results = metrics.compute(metric_names, embeddings, labels, seed=seed, device=metric_device)
+    t_embed = time.perf_counter() - start
+    is_query, is_gallery = query_gallery_masks(loader.dataset)
+    if save_to is not None:
+        save_embeddings(
+            save_to,
+            embeddings,
+            labels,
+            is_query=is_query,
+            is_gallery=is_gallery,
+            epoch=np.int64(-1 if epoch is None else epoch),
+        )
+    timings: dict[str, float] = {}
+    results = metrics.compute(
+        metric_names,
+        embeddings,
+        labels,
+        query_mask=is_query,
+        gallery_mask=is_gallery,
+        seed=seed,
+        device=metric_device,
+        backend=backend,
+        chunk=chunk,
+        timings=timings,
+    )
     results["eval_time"] = time.perf_counter() - start
+    results["eval_time_embed"] = t_embed
+    results.update({f"eval_time_{stage}": seconds for stage, seconds in timings.items()})
     return results
+
+
+def format_results(results: dict, names: list[str]) -> str:
+    """``"e_recall@1 0.8123, ..."`` for the scalar metrics among ``names`` (arrays are skipped)."""
+    return ", ".join(
+        f"{k} {results[k]:.4f}" for k in names if k in results and not metrics.is_array(results[k])
+    )
+
+
+def should_evaluate(split: str, epoch: int, opt) -> bool:
+    """``--train_eval_every k``: the training split (``evaluation``) only every k-th epoch and at
+    the last one; every other split every epoch."""
+    every = max(1, int(getattr(opt, "train_eval_every", 1)))
+    return split != "evaluation" or (epoch + 1) % every == 0 or epoch == opt.n_epochs - 1
+
+
+def eval_options(opt, split: str, folder: Path, epoch: int) -> dict:
+    """The keyword arguments of :func:`evaluate_split` that come from the evaluation flags."""
+    return {
+        "backend": getattr(opt, "eval_backend", "auto"),
+        "chunk": getattr(opt, "eval_chunk", 0) or None,
+        "save_to": Path(folder) / f"embeddings_{split}.npz"
+        if getattr(opt, "save_embeddings", False)
+        else None,
+        "epoch": epoch,
+    }

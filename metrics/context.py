@@ -1,81 +1,220 @@
 """The shared, computed-once results that all metrics of one split read from.
 
-* ``neighbours``: (N, k) indices of the k nearest other samples of every sample (squared
-  Euclidean distance, exact, computed in row chunks so memory stays O(chunk · N)). The query
-  itself is excluded **by index** (not by assuming it comes first); ties are broken by the lower
-  index, deterministically.
-* ``cluster_labels``: one seeded k-means with k = the number of classes present in this split.
+An :class:`EvalContext` holds one split's embeddings (N, D), labels (N,) and optional boolean
+``query_mask`` / ``gallery_mask`` (query/gallery protocol, e.g. In-Shop). Without masks every
+sample is a query against all *other* samples (leave-one-out). Everything expensive is computed
+lazily, at most once, on ``device``:
+
+* ``neighbours(view)``: one exact kNN search per view (``"euclidean"`` on the raw embeddings,
+  ``"cosine"`` on L2-normalised ones; when the embeddings are already unit-norm both views share
+  one search) with k = the largest k any requested metric needs; see :mod:`metrics.search`.
+* ``relevant(view)``: (Nq, k) bool, neighbour shares the query's label (``False`` on padding).
+* ``n_relevant``: per query, the number of gallery items of its class other than itself.
+* ``clusters(view)``: one seeded k-means with k = classes of this split (see :mod:`metrics.kmeans`).
+* ``spectrum``: the D (or N, if smaller) singular values of the un-centred embedding matrix,
+  computed once in float64 from the D×D Gram matrix, identical on CPU and CUDA.
+* ``class_stats``: per-class counts and sums of L2-normalised embeddings (for ``dists@*``).
+
+Clustering, spectrum and class statistics use *all* samples of the split (queries and gallery).
+``timings`` records the seconds spent in each stage.
 """
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from functools import cached_property
 
-import numpy as np
 import torch
 
+from metrics import kmeans as _kmeans
+from metrics import search
 
-def exact_knn(x: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor:
-    """(N, k) indices of each row's k nearest other rows, ties broken by lower index."""
-    n = len(x)
-    k = min(k, n - 1)
-    out = torch.empty(n, k, dtype=torch.long)
-    if k <= 0:
-        return out
-    sq = x.pow(2).sum(1)
-    for start in range(0, n, chunk):  # loop over row chunks, bounded memory
-        rows = torch.arange(start, min(start + chunk, n), device=x.device)
-        d = sq[rows, None] - 2.0 * x[rows] @ x.T + sq[None, :]
-        d[torch.arange(len(rows)), rows] = float("inf")
-        # stable sort on distance keeps lower indices first among exact ties
-        order = torch.sort(d, dim=1, stable=True).indices[:, :k]
-        out[start : start + len(rows)] = order.cpu()
-    return out
+NORM_TOL = 1e-4  # rows within this of unit norm count as normalised (cosine view = Euclidean view)
 
 
 class EvalContext:
     """Embeddings + labels of one split and the lazily computed shared results."""
 
-    def __init__(self, embeddings: torch.Tensor, labels: torch.Tensor, *, seed: int = 0, device="cpu") -> None:
+    def __init__(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        query_mask: torch.Tensor | None = None,
+        gallery_mask: torch.Tensor | None = None,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        backend: str = "auto",
+        chunk: int | None = None,
+        kmeans_iter: int = 20,
+    ) -> None:
         self.device = torch.device(device)
-        self.embeddings = embeddings.to(self.device, torch.float32)
-        self.labels = torch.as_tensor(labels).long().cpu()
+        emb = torch.as_tensor(embeddings)
+        if emb.ndim != 2:
+            raise ValueError(f"embeddings must be (N, D), got shape {tuple(emb.shape)}")
+        labels = torch.as_tensor(labels)
+        if labels.ndim != 1 or len(labels) != len(emb):
+            raise ValueError(f"labels must be (N,) with N = {len(emb)}, got shape {tuple(labels.shape)}")
+        if len(emb) == 0:
+            raise ValueError("cannot evaluate an empty split")
+        self.embeddings = emb.to(self.device, torch.float32)
+        if not torch.isfinite(self.embeddings).all():
+            raise ValueError("embeddings contain NaN or inf (diverged training?)")
+        self.labels = labels.to(self.device).long()
+        n = len(self.labels)
+        self.query_idx = self._mask_idx(query_mask, n, "query_mask")
+        self.gallery_idx = self._mask_idx(gallery_mask, n, "gallery_mask")
+        if len(self.query_idx) == 0 or len(self.gallery_idx) == 0:
+            raise ValueError("the query and the gallery set must both be non-empty")
         self.seed = seed
+        self.backend = backend if self.device.type == "cpu" else "torch"
+        self.chunk = chunk
+        self.kmeans_iter = kmeans_iter
+        self.timings: dict[str, float] = {}
         self._k = 0
+        self._neighbours: dict[str, torch.Tensor] = {}
+        self._clusters: dict[str, torch.Tensor] = {}
 
+    def _mask_idx(self, mask: torch.Tensor | None, n: int, what: str) -> torch.Tensor:
+        if mask is None:
+            return torch.arange(n, device=self.device)
+        mask = torch.as_tensor(mask).to(self.device)
+        if mask.dtype != torch.bool or mask.shape != (n,):
+            raise ValueError(f"{what} must be a boolean tensor of shape ({n},)")
+        return torch.nonzero(mask).flatten()
+
+    @contextmanager
+    def _timed(self, stage: str):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
+
+    # -- sizes and class structure ----------------------------------------------------------------
     @property
     def n(self) -> int:
         return len(self.labels)
 
     @cached_property
-    def class_counts(self) -> torch.Tensor:
-        """Number of samples of each sample's class, per sample (N,)."""
-        _, inverse, counts = torch.unique(self.labels, return_inverse=True, return_counts=True)
-        return counts[inverse]
-
-    @cached_property
     def n_classes(self) -> int:
         return int(torch.unique(self.labels).numel())
 
+    @cached_property
+    def query_labels(self) -> torch.Tensor:
+        return self.labels[self.query_idx]
+
+    @cached_property
+    def n_relevant(self) -> torch.Tensor:
+        """(Nq,) gallery items sharing the query's label, the query itself not counted."""
+        _, inv = torch.unique(self.labels, return_inverse=True)
+        per_class = torch.bincount(inv[self.gallery_idx], minlength=int(inv.max()) + 1)
+        in_gallery = torch.zeros(self.n, dtype=torch.bool, device=self.device)
+        in_gallery[self.gallery_idx] = True
+        return per_class[inv[self.query_idx]] - in_gallery[self.query_idx].long()
+
+    @cached_property
+    def n_candidates(self) -> torch.Tensor:
+        """(Nq,) gallery items a query can retrieve (the gallery minus itself)."""
+        in_gallery = torch.zeros(self.n, dtype=torch.bool, device=self.device)
+        in_gallery[self.gallery_idx] = True
+        return len(self.gallery_idx) - in_gallery[self.query_idx].long()
+
+    @cached_property
+    def max_relevant(self) -> int:
+        return int(self.n_relevant.max())
+
+    @cached_property
+    def normalized(self) -> torch.Tensor:
+        return torch.nn.functional.normalize(self.embeddings, dim=1)
+
+    @cached_property
+    def is_unit_norm(self) -> bool:
+        norms = self.embeddings.norm(dim=1)
+        return bool(((norms - 1).abs() <= NORM_TOL).all())
+
+    def view(self, name: str) -> str:
+        """The search/cluster space of a view; ``cosine`` collapses to ``euclidean`` on unit-norm rows."""
+        return "euclidean" if name == "cosine" and self.is_unit_norm else name
+
+    def _features(self, view: str) -> torch.Tensor:
+        return self.embeddings if view == "euclidean" else self.normalized
+
+    # -- neighbours ---------------------------------------------------------------------------------
     def request_neighbours(self, k: int) -> None:
+        """Ask for at least ``k`` neighbours; call before the first :meth:`neighbours`."""
+        if self._neighbours and k > self._k:
+            raise RuntimeError("request all neighbours before the first search")
         self._k = max(self._k, k)
 
+    @property
+    def k(self) -> int:
+        return min(self._k, len(self.gallery_idx))
+
+    def neighbours(self, view: str = "euclidean") -> torch.Tensor:
+        """(Nq, k) split indices of the k nearest gallery items of each query, ``-1`` padding."""
+        view = self.view(view)
+        if view not in self._neighbours:
+            with self._timed("knn"):
+                self._neighbours[view] = search.knn(
+                    self._features(view),
+                    self.query_idx,
+                    self.gallery_idx,
+                    self._k,
+                    backend=self.backend,
+                    chunk=self.chunk,
+                )
+        return self._neighbours[view]
+
+    def relevant(self, view: str = "euclidean") -> torch.Tensor:
+        """(Nq, k) bool: the neighbour exists and shares the query's label."""
+        view = self.view(view)
+        key = f"relevant_{view}"
+        if key not in self.__dict__:
+            nbr = self.neighbours(view)
+            rel = (self.labels[nbr.clamp_min(0)] == self.query_labels[:, None]) & (nbr >= 0)
+            self.__dict__[key] = rel
+        return self.__dict__[key]
+
+    # -- clustering ---------------------------------------------------------------------------------
+    def clusters(self, view: str = "euclidean") -> torch.Tensor:
+        """(N,) k-means assignment of every sample, k = classes of this split."""
+        if view not in self._clusters:  # Euclidean and spherical k-means differ even on unit rows
+            with self._timed("kmeans"):
+                self._clusters[view] = _kmeans.kmeans(
+                    self.embeddings,
+                    self.n_classes,
+                    seed=self.seed,
+                    niter=self.kmeans_iter,
+                    spherical=view == "cosine",
+                    backend="faiss"
+                    if self.backend in ("faiss", "auto") and self.device.type == "cpu"
+                    else "torch",
+                    chunk=self.chunk,
+                )
+        return self._clusters[view]
+
+    # -- spectrum and class statistics ---------------------------------------------------------------
     @cached_property
-    def neighbours(self) -> torch.Tensor:
-        return exact_knn(self.embeddings, self._k)
+    def spectrum(self) -> torch.Tensor:
+        """Singular values (descending, float64) of the un-centred (N, D) embedding matrix."""
+        with self._timed("svd"):
+            x = self.embeddings.double()
+            eig = torch.linalg.eigvalsh(x.T @ x).clamp_min(0).flip(0)
+            return eig[: min(x.shape)].sqrt()
 
     @cached_property
-    def neighbour_labels(self) -> torch.Tensor:
-        return self.labels[self.neighbours]
-
-    @cached_property
-    def cluster_labels(self) -> np.ndarray:
-        import faiss
-
-        x = np.ascontiguousarray(self.embeddings.cpu().numpy(), dtype=np.float32)
-        km = faiss.Kmeans(
-            x.shape[1], self.n_classes, niter=20, seed=self.seed, min_points_per_centroid=1,
-            max_points_per_centroid=10**9, verbose=False,
-        )
-        km.train(x)
-        return km.index.search(x, 1)[1][:, 0]
+    def class_stats(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(C,) class sizes, (C, D) sums of the L2-normalised members and (C,) sums of their |z|²."""
+        with self._timed("class_stats"):
+            _, inv = torch.unique(self.labels, return_inverse=True)
+            counts = torch.bincount(inv)
+            z = self.normalized.double()
+            sums = torch.zeros(len(counts), z.shape[1], dtype=torch.float64, device=self.device)
+            sums.index_add_(0, inv, z)
+            sq = torch.zeros(len(counts), dtype=torch.float64, device=self.device)
+            sq.index_add_(0, inv, z.pow(2).sum(1))
+            return counts, sums, sq

@@ -1,16 +1,35 @@
-"""Leave-one-out retrieval metrics: Recall@k and MAP@R.
+"""Retrieval metrics, all cheap functions of the one shared kNN search of the split.
 
-Every sample of the split is a query against all *other* samples (the query is excluded by
-index). Relevant = same class label.
+Protocol: every query ranks the gallery by distance (leave-one-out when the split has no
+query/gallery masks: every sample is a query against all others). The query itself is excluded
+**by index** (a duplicate of it at distance 0 is a legitimate result); ties rank the lower index
+first (:mod:`metrics.search`). **Relevant** = a gallery item with the query's label, the query
+itself excluded; ``R`` denotes their number for a query. Values are averaged over queries
+(per-query mean) unless stated otherwise.
 
-* ``e_recall@k``: the fraction of queries with at least one relevant item among their k nearest
-  neighbours (Euclidean). Queries whose class has no other sample count as misses (the standard
-  definition, as in the study).
-* ``mAP@R`` (MAP@R, Musgrave, Belongie, Lim, "A Metric Learning Reality Check", ECCV 2020): for a
-  query with R relevant items (R = class size − 1),
-  ``AP@R = 1/R · Σ_{r=1..R} P(r) · rel(r)`` over its R nearest neighbours, P(r) the precision
-  among the first r; averaged over the queries with R ≥ 1 (a lone query has no relevant item and is
-  left out, as in pytorch-metric-learning).
+* ``e_recall@k`` (Recall@k of the DML papers, = CMC@k): 1 if any of the k nearest neighbours
+  (Euclidean) is relevant, else 0; averaged over **all** queries, so a query with R = 0 (a lone
+  sample of its class, or a class absent from the gallery) counts as a miss, as in the study.
+* ``c_recall@k``: the same ranking by cosine similarity (identical to ``e_recall`` on unit-norm
+  embeddings, where one search serves both).
+* ``precision@k``: relevant among the first k, divided by min(k, number of candidates) (so a
+  gallery smaller than k does not cap the score); averaged over queries with R ≥ 1.
+* ``r_precision``: relevant among the first R, divided by R; over queries with R ≥ 1.
+* ``mAP@R`` (MAP@R, Musgrave, Belongie & Lim, "A Metric Learning Reality Check", ECCV 2020):
+  ``AP@R = (1/R) Σ_{r=1..R} rel(r) · P(r)``, P(r) the precision among the first r; over queries
+  with R ≥ 1 (as pytorch-metric-learning, whose lone queries are left out too).
+* ``mAP_c``: the **class-averaged** MAP@R: the mean over classes of the mean AP@R of the class's
+  queries (with R ≥ 1). Deviation: the reference's ``mAP_c`` was a per-query AP over the first
+  n_c results divided by n_c (the class size *including* the query, an off-by-one); fixing that
+  gives exactly ``mAP@R``, so ``mAP_c`` now carries the class-balanced variant that the
+  reference README claimed.
+* ``mAP_1000``: average precision truncated at rank K = 1000,
+  ``AP@K = Σ_{r≤K} rel(r)·P(r) / min(K, R)``, over queries with R ≥ 1. The reference divided by
+  the class size including the query, so a perfect ranking scored (n_c − 1)/n_c.
+* ``mAP_lim``: the same with K = 1023 (the reference's faiss-GPU limit, kept for comparability).
+
+Scores of queries with R = 0 are undefined for everything but recall; if *no* query has R ≥ 1
+the metric is NaN (there is nothing to measure), never a silent 0.
 """
 
 from __future__ import annotations
@@ -19,44 +38,162 @@ import torch
 
 from metrics.context import EvalContext
 
+ROW_BLOCK = 8192  # queries per block for the (Nq, k) cumulative sums (bounded memory)
 
-class Recall:
-    """Recall@k (leave-one-out, Euclidean)."""
+
+def _mean_over(values: torch.Tensor, valid: torch.Tensor) -> float:
+    return values[valid].double().mean().item() if bool(valid.any()) else float("nan")
+
+
+def _positive_int(family: str, param: str | None) -> int:
+    if param is None or not param.isdigit() or int(param) < 1:
+        raise ValueError(f"{family} needs a positive integer k, e.g. {family}@1")
+    return int(param)
+
+
+def _no_param(family: str, param: str | None) -> None:
+    if param is not None:
+        raise ValueError(f"{family} takes no parameter")
+
+
+def truncated_ap(rel: torch.Tensor, cutoff: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
+    """Per row: Σ_{r ≤ cutoff} rel(r)·P(r) / denom (0 where denom = 0). ``rel`` (Nq, k) bool."""
+    out = torch.zeros(len(rel), dtype=torch.float64, device=rel.device)
+    k = rel.shape[1]
+    if k == 0:
+        return out
+    rank = torch.arange(1, k + 1, device=rel.device)
+    for s in range(0, len(rel), ROW_BLOCK):
+        r = rel[s : s + ROW_BLOCK]
+        hits = r.cumsum(1, dtype=torch.int32)
+        keep = r & (rank[None, :] <= cutoff[s : s + ROW_BLOCK, None])
+        prec_sum = torch.where(keep, hits.double() / rank, 0.0).sum(1)
+        out[s : s + ROW_BLOCK] = prec_sum / denom[s : s + ROW_BLOCK].clamp_min(1)
+    return out
+
+
+class _Ranked:
+    """Base of the kNN metrics: ``view`` picks Euclidean or cosine ranking."""
+
+    view = "euclidean"
+
+    def k_needed(self, ctx: EvalContext) -> int:
+        raise NotImplementedError
+
+
+class Recall(_Ranked):
+    """Recall@k (Euclidean): a relevant item among the k nearest; lone queries count as misses."""
 
     name = "e_recall"
 
     def __init__(self, param: str | None) -> None:
-        if param is None or not param.isdigit() or int(param) < 1:
-            raise ValueError("e_recall needs a positive integer k, e.g. e_recall@1")
-        self.k = int(param)
+        self.k = _positive_int(self.name, param)
 
     def k_needed(self, ctx: EvalContext) -> int:
         return self.k
 
     def __call__(self, ctx: EvalContext) -> float:
-        hits = ctx.neighbour_labels[:, : self.k] == ctx.labels[:, None]
-        return hits.any(1).double().mean().item()
+        return ctx.relevant(self.view)[:, : self.k].any(1).double().mean().item()
 
 
-class MAPatR:
-    """MAP@R (Musgrave et al. 2020)."""
+class CosineRecall(Recall):
+    """Recall@k with the cosine ranking."""
+
+    name = "c_recall"
+    view = "cosine"
+
+
+class Precision(_Ranked):
+    """Precision@k: relevant among the first k / min(k, candidates); queries with R ≥ 1."""
+
+    name = "precision"
+
+    def __init__(self, param: str | None) -> None:
+        self.k = _positive_int(self.name, param)
+
+    def k_needed(self, ctx: EvalContext) -> int:
+        return self.k
+
+    def __call__(self, ctx: EvalContext) -> float:
+        hits = ctx.relevant(self.view)[:, : self.k].sum(1)
+        denom = ctx.n_candidates.clamp(max=self.k).clamp_min(1)
+        return _mean_over(hits / denom, ctx.n_relevant >= 1)
+
+
+class RPrecision(_Ranked):
+    """R-precision: relevant among the first R, divided by R; queries with R ≥ 1."""
+
+    name = "r_precision"
+
+    def __init__(self, param: str | None) -> None:
+        _no_param(self.name, param)
+
+    def k_needed(self, ctx: EvalContext) -> int:
+        return ctx.max_relevant
+
+    def __call__(self, ctx: EvalContext) -> float:
+        rel = ctx.relevant(self.view)
+        r = ctx.n_relevant
+        rank = torch.arange(1, rel.shape[1] + 1, device=rel.device)
+        hits = (rel & (rank[None, :] <= r[:, None])).sum(1)
+        return _mean_over(hits / r.clamp_min(1), r >= 1)
+
+
+class MAPatR(_Ranked):
+    """MAP@R (Musgrave et al. 2020), per-query mean over queries with R ≥ 1."""
 
     name = "mAP@R"
 
     def __init__(self, param: str | None) -> None:
-        if param is not None:
-            raise ValueError("mAP@R takes no parameter")
+        _no_param(self.name, param)
 
     def k_needed(self, ctx: EvalContext) -> int:
-        return int(ctx.class_counts.max()) - 1
+        return ctx.max_relevant
+
+    def per_query(self, ctx: EvalContext) -> torch.Tensor:
+        r = ctx.n_relevant
+        return truncated_ap(ctx.relevant(self.view), r, r)
 
     def __call__(self, ctx: EvalContext) -> float:
-        r = ctx.class_counts - 1  # relevant items per query
-        k = ctx.neighbour_labels.shape[1]
-        rel = (ctx.neighbour_labels == ctx.labels[:, None]).double()
-        rank = torch.arange(1, k + 1, dtype=torch.double)
-        within_r = rank[None, :] <= r[:, None]
-        precision = rel.cumsum(1) / rank
-        ap = (precision * rel * within_r).sum(1) / r.clamp_min(1)
-        valid = r >= 1
-        return ap[valid].mean().item() if valid.any() else float("nan")
+        return _mean_over(self.per_query(ctx), ctx.n_relevant >= 1)
+
+
+class ClassMAPatR(MAPatR):
+    """Class-averaged MAP@R: mean over classes of the class's mean AP@R (queries with R ≥ 1)."""
+
+    name = "mAP_c"
+
+    def __call__(self, ctx: EvalContext) -> float:
+        valid = ctx.n_relevant >= 1
+        if not bool(valid.any()):
+            return float("nan")
+        ap = self.per_query(ctx)[valid]
+        _, cls = torch.unique(ctx.query_labels[valid], return_inverse=True)
+        sums = torch.zeros(int(cls.max()) + 1, dtype=torch.float64, device=ap.device).index_add_(0, cls, ap)
+        return (sums / torch.bincount(cls)).mean().item()
+
+
+class MAPatK(_Ranked):
+    """AP truncated at rank K, divided by min(K, R); queries with R ≥ 1."""
+
+    name = "mAP_1000"
+    cutoff = 1000
+
+    def __init__(self, param: str | None) -> None:
+        _no_param(self.name, param)
+
+    def k_needed(self, ctx: EvalContext) -> int:
+        return self.cutoff
+
+    def __call__(self, ctx: EvalContext) -> float:
+        r = ctx.n_relevant
+        cut = torch.full_like(r, self.cutoff)
+        ap = truncated_ap(ctx.relevant(self.view), cut, r.clamp(max=self.cutoff))
+        return _mean_over(ap, r >= 1)
+
+
+class MAPlim(MAPatK):
+    """AP truncated at rank 1023 (the reference's faiss-GPU limit), divided by min(1023, R)."""
+
+    name = "mAP_lim"
+    cutoff = 1023

@@ -1,0 +1,122 @@
+"""Evaluate saved embeddings: ``python -m evaluation --embeddings FILE.npz [...]``.
+
+The file holds ``embeddings`` (N, D) and ``labels`` (N,), optionally boolean ``is_query`` and
+``is_gallery`` (query/gallery protocol; otherwise leave-one-out), as written by
+``main.py --save_embeddings``. Prints every metric and writes them as JSON (``--json OUT``,
+default ``<FILE>.metrics.json``). Exit code 2 with one line on stderr for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import metrics
+from parameters import DEFAULT_METRICS
+from utilities.errors import ConfigError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m evaluation",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--embeddings", required=True, help=".npz with arrays embeddings (N, D), labels (N,)")
+    p.add_argument("--evaluation_metrics", nargs="+", default=DEFAULT_METRICS, help="metric names")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the metrics are computed")
+    p.add_argument(
+        "--eval_backend",
+        default="auto",
+        choices=["auto", "torch", "faiss"],
+        help="kNN / k-means backend (auto: faiss on CPU, torch on CUDA)",
+    )
+    p.add_argument("--seed", type=int, default=1, help="k-means seed")
+    p.add_argument("--json", default=None, help="output JSON (default: <FILE>.metrics.json)")
+    return p
+
+
+def load(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise ConfigError(f"--embeddings: no such file: {path}")
+    try:
+        data = dict(np.load(path, allow_pickle=False))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"--embeddings: cannot read {path} as .npz: {err}") from None
+    missing = [k for k in ("embeddings", "labels") if k not in data]
+    if missing:
+        raise ConfigError(
+            f"--embeddings: {path} lacks array(s) {', '.join(missing)} (found: {', '.join(data)})"
+        )
+    emb, lab = data["embeddings"], data["labels"]
+    if emb.ndim != 2 or lab.ndim != 1 or len(emb) != len(lab):
+        raise ConfigError(
+            f"--embeddings: need embeddings (N, D) and labels (N,), got {emb.shape} and {lab.shape}"
+        )
+    for key in ("is_query", "is_gallery"):
+        if key in data and (data[key].dtype != np.bool_ or data[key].shape != lab.shape):
+            raise ConfigError(f"--embeddings: {key} must be a boolean array of shape {lab.shape}")
+    return data
+
+
+def main(argv: list[str] | None = None) -> dict:
+    opt = build_parser().parse_args(argv)
+    metrics.validate(opt.evaluation_metrics)
+    if opt.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available")
+    path = Path(opt.embeddings)
+    data = load(path)
+    masks = {k: torch.from_numpy(data[k]) if k in data else None for k in ("is_query", "is_gallery")}
+    timings: dict[str, float] = {}
+    try:
+        results = metrics.compute(
+            opt.evaluation_metrics,
+            torch.from_numpy(data["embeddings"]),
+            torch.from_numpy(data["labels"]),
+            query_mask=masks["is_query"],
+            gallery_mask=masks["is_gallery"],
+            seed=opt.seed,
+            device=opt.device,
+            backend=opt.eval_backend,
+            timings=timings,
+        )
+    except ValueError as err:
+        raise ConfigError(f"--embeddings {path}: {err}") from None
+    width = max(len(k) for k in results)
+    for name, value in results.items():
+        shown = f"[{', '.join(f'{v:.4f}' for v in value)}]" if metrics.is_array(value) else f"{value:.4f}"
+        print(f"{name:<{width}}  {shown}")
+    out = Path(opt.json) if opt.json else path.with_name(path.name + ".metrics.json")
+    payload = {"embeddings": str(path), "n": len(data["labels"]), "metrics": results, "timings": timings}
+    out.write_text(json.dumps(_clean(payload), indent=2))
+    print(f"wrote {out}")
+    return results
+
+
+def _clean(v):
+    """JSON has no NaN/inf: write them as null / "inf"."""
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    return v
+
+
+def cli() -> None:
+    try:
+        main()
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,173 @@
+"""Exact k-nearest-neighbour search over a gallery, self excluded by index, deterministic ties.
+
+One search serves every retrieval metric of a split: ``k`` is the largest k any requested metric
+needs (capped by the gallery size). Ranking is by squared Euclidean distance
+``|q|² − 2 q·g + |g|²`` (on L2-normalised rows this is the cosine ranking).
+
+* **Self exclusion by index**: a query that is also a gallery item never retrieves *itself*
+  (its own row index); duplicates of it (other indices, distance 0) are retrieved normally. The
+  reference instead dropped the first result, which is wrong whenever a duplicate or a tie comes
+  first.
+* **Ties**: among equal distances the lower gallery index (= lower index in the split) ranks
+  first, also at the k-th place (which items make it into the top k), so the result never depends
+  on the backend's selection algorithm.
+* **Padding**: a query with fewer than ``k`` candidates (tiny gallery) gets ``-1`` in the unused
+  columns; metrics treat them as "nothing retrieved".
+
+Backends: ``torch`` (CPU or CUDA; row chunks of the distance matrix, memory O(chunk · |G|)) and
+``faiss`` (CPU ``IndexFlatL2``, faster on CPU; results are post-processed to the same tie rule,
+and rows with a tie at the k-th place are recomputed with the torch path).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+BLOCK_ELEMENTS = 2**25  # distance-matrix elements per chunk (128 MB in float32)
+
+
+def auto_chunk(n_gallery: int, chunk: int | None) -> int:
+    """Rows per chunk: the given one, or as many as fit BLOCK_ELEMENTS."""
+    if chunk is not None and chunk > 0:
+        return int(chunk)
+    return max(1, BLOCK_ELEMENTS // max(1, n_gallery))
+
+
+def _sorted_topk(d: torch.Tensor, kk: int) -> torch.Tensor:
+    """Column indices of the ``kk`` smallest entries per row, ordered by (distance, column)."""
+    n_cols = d.shape[1]
+    if kk >= n_cols:
+        cols = torch.arange(n_cols, device=d.device).expand(d.shape[0], -1)
+        order = torch.sort(d, dim=1, stable=True).indices
+        return torch.gather(cols, 1, order)
+    vals, idx = torch.topk(d, kk, dim=1, largest=False, sorted=False)
+    thr = vals.max(1).values
+    # rows where more than kk entries are <= the kk-th value have a tie at the boundary: take the
+    # lowest-index tied entries so the result is independent of topk's internal choice.
+    n_le = (d <= thr[:, None]).sum(1)
+    tie_rows = torch.nonzero(n_le > kk).flatten()
+    if len(tie_rows):
+        sub, t = d[tie_rows], thr[tie_rows, None]
+        lt = sub < t
+        need = kk - lt.sum(1, keepdim=True)
+        eq = sub == t
+        chosen = lt | (eq & (eq.cumsum(1) <= need))
+        idx[tie_rows] = torch.nonzero(chosen)[:, 1].view(len(tie_rows), kk)
+    # order the selection by (distance, index): sort by index, then stable sort by distance
+    idx = torch.sort(idx, dim=1).values
+    order = torch.sort(torch.gather(d, 1, idx), dim=1, stable=True).indices
+    return torch.gather(idx, 1, order)
+
+
+def knn_torch(
+    x: torch.Tensor,
+    query_idx: torch.Tensor,
+    gallery_idx: torch.Tensor,
+    k: int,
+    chunk: int | None = None,
+) -> torch.Tensor:
+    """(Nq, k) split indices of each query's k nearest gallery items (``-1`` padding)."""
+    device = x.device
+    query_idx, gallery_idx = query_idx.to(device), gallery_idx.to(device)
+    g = x[gallery_idx]
+    n_g = len(gallery_idx)
+    k = min(k, n_g)
+    out = torch.full((len(query_idx), k), -1, dtype=torch.long, device=device)
+    if k <= 0 or len(query_idx) == 0:
+        return out
+    # position of every split index in the gallery (-1: not in the gallery), for self exclusion
+    pos = torch.full((len(x),), -1, dtype=torch.long, device=device)
+    pos[gallery_idx] = torch.arange(n_g, device=device)
+    g_sq = g.pow(2).sum(1)
+    kk = min(n_g, k + 1)
+    rows_per_chunk = auto_chunk(n_g, chunk)
+    for start in range(0, len(query_idx), rows_per_chunk):  # bounded memory: one row block at a time
+        q_idx = query_idx[start : start + rows_per_chunk]
+        q = x[q_idx]
+        d = torch.addmm(g_sq[None, :], q, g.T, alpha=-2.0).add_(q.pow(2).sum(1, keepdim=True))
+        self_pos = pos[q_idx]
+        has_self = torch.nonzero(self_pos >= 0).flatten()
+        d[has_self, self_pos[has_self]] = float("inf")
+        cols = _sorted_topk(d, kk)
+        nbr = gallery_idx[cols]
+        # self (distance inf) sorts last; drop it where it was selected
+        nbr = torch.where(torch.gather(d, 1, cols).isinf(), -1, nbr)
+        out[start : start + len(q_idx)] = nbr[:, :k]
+    return out
+
+
+def knn_faiss(
+    x: torch.Tensor,
+    query_idx: torch.Tensor,
+    gallery_idx: torch.Tensor,
+    k: int,
+    chunk: int | None = None,
+) -> torch.Tensor:
+    """The same as :func:`knn_torch` with faiss-cpu's exact ``IndexFlatL2`` (CPU tensors only)."""
+    import faiss
+
+    xn = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+    q_np, g_np = query_idx.cpu().numpy(), gallery_idx.cpu().numpy()
+    n_g = len(g_np)
+    k = min(k, n_g)
+    out = torch.full((len(q_np), k), -1, dtype=torch.long)
+    if k <= 0 or len(q_np) == 0:
+        return out
+    index = faiss.IndexFlatL2(x.shape[1])
+    index.add(np.ascontiguousarray(xn[g_np]))
+    # one extra for the query itself, one more to detect a tie at the k-th place
+    ks = min(n_g, k + 2)
+    rows_per_chunk = max(1, 2**23 // max(1, ks))
+    redo: list[np.ndarray] = []
+    for start in range(0, len(q_np), rows_per_chunk):
+        rows = q_np[start : start + rows_per_chunk]
+        dist, pos = index.search(np.ascontiguousarray(xn[rows]), ks)
+        nbr = g_np[pos]
+        is_self = nbr == rows[:, None]
+        dist = np.where(is_self, np.inf, dist)
+        # (distance, index) order: stable sort by index, then stable sort by distance
+        order = np.argsort(nbr, axis=1, kind="stable")
+        nbr, dist = np.take_along_axis(nbr, order, 1), np.take_along_axis(dist, order, 1)
+        order = np.argsort(dist, axis=1, kind="stable")
+        nbr, dist = np.take_along_axis(nbr, order, 1), np.take_along_axis(dist, order, 1)
+        if ks > k:
+            # a tie between the last kept and the first dropped result (self sorts last, so both
+            # are real candidates): which of the tied items is kept is faiss's choice; redo exactly
+            tie = (dist[:, k - 1] == dist[:, k]) & np.isfinite(dist[:, k])
+            redo.append(start + np.flatnonzero(tie))
+        nbr = np.where(np.isinf(dist), -1, nbr)[:, :k]
+        out[start : start + len(rows)] = torch.from_numpy(nbr)
+    redo_rows = np.concatenate(redo) if redo else np.empty(0, dtype=np.int64)
+    if len(redo_rows):
+        out[redo_rows] = knn_torch(x.cpu(), query_idx.cpu()[redo_rows], gallery_idx.cpu(), k, chunk)
+    return out
+
+
+def knn(
+    x: torch.Tensor,
+    query_idx: torch.Tensor,
+    gallery_idx: torch.Tensor,
+    k: int,
+    *,
+    backend: str = "auto",
+    chunk: int | None = None,
+) -> torch.Tensor:
+    """Dispatch to a backend; ``auto`` is faiss on CPU and torch on any other device."""
+    if backend == "auto":
+        backend = "faiss" if x.device.type == "cpu" and _have_faiss() else "torch"
+    if backend == "faiss":
+        if x.device.type != "cpu":
+            raise ValueError("the faiss backend runs on CPU tensors only; use backend='torch' on CUDA")
+        return knn_faiss(x, query_idx, gallery_idx, k, chunk)
+    if backend == "torch":
+        return knn_torch(x, query_idx, gallery_idx, k, chunk)
+    raise ValueError(f"unknown search backend '{backend}'; choose from: auto, torch, faiss")
+
+
+def _have_faiss() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
