@@ -1,19 +1,36 @@
 """Batch samplers: one file per sampler, plus this registry.
 
 ``sampler = select(name, opt, labels)`` returns a ``torch.utils.data.Sampler`` yielding lists of
-dataset indices (pass it as ``batch_sampler=`` to a DataLoader).
+dataset indices (pass it as ``batch_sampler=`` to a DataLoader). Samplers with
+``requires_storage = True`` keep an embedding memory (see ``datasampler/storage.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from datasampler import class_random
+from datasampler import (
+    class_random,
+    d2_coreset,
+    disthist_batchmatch,
+    fid_batchmatch,
+    full_random,
+    greedy_coreset,
+    pk,
+)
 from datasampler.base import BatchSampler
 from utilities.registry import Registry
 
 REGISTRY = Registry("data sampler", flag_prefix="data")
-for _cls in (class_random.ClassRandomSampler,):
+for _cls in (
+    class_random.ClassRandomSampler,
+    d2_coreset.D2CoresetSampler,
+    disthist_batchmatch.DisthistBatchmatchSampler,
+    fid_batchmatch.FidBatchmatchSampler,
+    full_random.FullRandomSampler,
+    greedy_coreset.GreedyCoresetSampler,
+    pk.PKSampler,
+):
     REGISTRY.add(_cls)
 
 

@@ -1,14 +1,15 @@
 """The study's default batch sampler: random classes, ``samples_per_class`` images each.
 
-Each batch is built by drawing ``bs / samples_per_class`` classes uniformly **with replacement**
-(so a class can appear twice in a batch, as in the reference study) and then
-``samples_per_class`` images of each drawn class. One epoch is ``len(dataset) // bs`` batches, the
-reference's definition (it does not guarantee that every image is seen).
+Each batch is built by drawing P = ``bs / samples_per_class`` classes uniformly **with
+replacement** (so a class can appear twice in a batch, as in the reference study) and then
+K = ``samples_per_class`` images of each drawn class. One epoch is ``len(dataset) // bs`` batches,
+the reference's definition (it does not guarantee that every image is seen).
 
 Deviations from the reference implementation: driven by a seeded ``torch.Generator`` (its state is
-checkpointed), not Python's global ``random``; images within a drawn class are taken without
-replacement when the class has enough of them (the reference could put the same image twice in a
-batch, giving zero-distance "positives"); ``bs % samples_per_class`` is checked with a readable
+checkpointed), not Python's global ``random``; the K images of a drawn class are taken without
+replacement when the class has at least K images (the reference could put the same image twice
+in a batch, giving zero-distance "positives"), with replacement otherwise; one vectorised draw per
+batch instead of a Python loop over classes; ``bs % samples_per_class`` is checked with a readable
 error. For distinct classes per batch and an epoch that covers the data, use the ``pk`` sampler.
 """
 
@@ -36,20 +37,11 @@ class ClassRandomSampler(BatchSampler):
     Hparams = ClassRandomHparams
 
     def __len__(self) -> int:
-        return max(1, len(self.labels) // self.hp.bs)
+        return len(self.labels) // self.hp.bs
 
     def __iter__(self) -> Iterator[list[int]]:
         spc = self.hp.samples_per_class
         n_draw = self.hp.bs // spc
         for _ in range(len(self)):
-            classes = torch.randint(len(self.class_members), (n_draw,), generator=self.generator)
-            batch: list[int] = []
-            for c in classes.tolist():  # bs/spc small draws per batch; the loop is over classes
-                members = self.class_members[c]
-                if len(members) >= spc:
-                    pick = torch.randperm(len(members), generator=self.generator)[:spc]
-                else:
-                    pick = torch.randint(len(members), (spc,), generator=self.generator)
-                batch.extend(members[pick].tolist())
-            yield batch
-
+            rows = torch.randint(len(self.classes), (n_draw,), generator=self.generator)
+            yield self.classes.draw(rows, spc, self.generator).reshape(-1).tolist()
