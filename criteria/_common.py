@@ -26,7 +26,20 @@ def pairwise_distances(x: torch.Tensor, squared: bool = False, eps: float = 1e-1
     return d2 if squared else d2.clamp_min(eps).sqrt()
 
 
-def row_distances(a: torch.Tensor, b: torch.Tensor, squared: bool = False, eps: float = 1e-12) -> torch.Tensor:
+def cross_distances(
+    a: torch.Tensor, b: torch.Tensor, squared: bool = False, eps: float = 1e-12
+) -> torch.Tensor:
+    """Euclidean distances (n, m) between the rows of ``a`` (n, D) and ``b`` (m, D).
+
+    The square root is taken of ``max(d², eps)`` so the gradient stays finite for identical rows.
+    """
+    d2 = (a.pow(2).sum(1)[:, None] + b.pow(2).sum(1)[None, :] - 2.0 * a @ b.T).clamp_min(0.0)
+    return d2 if squared else d2.clamp_min(eps).sqrt()
+
+
+def row_distances(
+    a: torch.Tensor, b: torch.Tensor, squared: bool = False, eps: float = 1e-12
+) -> torch.Tensor:
     """Distances between matching rows of ``a`` and ``b`` (T, D) -> (T,)."""
     d2 = (a - b).pow(2).sum(1)
     return d2 if squared else d2.clamp_min(eps).sqrt()
@@ -42,3 +55,89 @@ def same_label_masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     same = labels[:, None] == labels[None, :]
     eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
     return same & ~eye, ~same
+
+
+def cross_label_masks(q_labels: torch.Tensor, ref_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positive, negative) masks (n, M) of queries against references, where query i is reference i.
+
+    The positive mask excludes each query's own column; with ``ref_labels is q_labels`` this is
+    :func:`same_label_masks`.
+    """
+    same = q_labels[:, None] == ref_labels[None, :]
+    n = len(q_labels)
+    own = torch.zeros_like(same)
+    own[:, :n] = torch.eye(n, dtype=torch.bool, device=same.device)
+    return same & ~own, ~same
+
+
+def check_labels(labels: torch.Tensor, n_classes: int, loss: str) -> None:
+    """Clear error for class ids outside [0, n_classes) (a proxy/class-weight table has C rows)."""
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
+        raise ValueError(
+            f"loss '{loss}' was built for {n_classes} classes (labels 0..{n_classes - 1}) but got labels "
+            f"in [{int(labels.min())}, {int(labels.max())}]; set n_classes to the number of training classes"
+        )
+
+
+def masked_logsumexp(
+    z: torch.Tensor, mask: torch.Tensor, dim: int = 1, add_one: bool = False
+) -> torch.Tensor:
+    """log(Σ_{mask} e^z) (or log(1 + Σ_{mask} e^z) with ``add_one``) along ``dim``; 0 for empty rows.
+
+    Rows without any masked-in entry give exactly 0 with a zero (not NaN) gradient.
+    """
+    empty = ~mask.any(dim, keepdim=True)
+    z = z.masked_fill(~mask, float("-inf")).masked_fill(empty, 0.0)
+    if add_one:
+        z = torch.cat([z, torch.zeros_like(z.narrow(dim, 0, 1))], dim=dim)
+    return torch.logsumexp(z, dim=dim).masked_fill(empty.squeeze(dim), 0.0)
+
+
+def keep_anchors(tuples: tuple[torch.Tensor, ...], kind: str, n_queries: int) -> tuple[torch.Tensor, ...]:
+    """Restrict mined tuples to anchors among the first ``n_queries`` rows (cross-batch memory).
+
+    Triplet/npair/lifted tuples are filtered on their anchor index; pair tuples (a1, p, a2, n) on
+    a1 and a2 separately. Row masks of npair/lifted tuples are filtered along with their anchors.
+    """
+    if kind == PAIRS:
+        a1, p, a2, n = tuples
+        k1, k2 = a1 < n_queries, a2 < n_queries
+        return a1[k1], p[k1], a2[k2], n[k2]
+    keep = tuples[0] < n_queries
+    return tuple(t[keep] for t in tuples)
+
+
+def init_class_weights(n_classes: int, dim: int) -> torch.Tensor:
+    """(C, D) class weights drawn from U(−1/√D, 1/√D) (the reference study's initialisation)."""
+    bound = 1.0 / dim**0.5
+    return torch.empty(n_classes, dim).uniform_(-bound, bound)
+
+
+def cosine_logits(batch: torch.Tensor, weight: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """cos(x_i, w_c) for all samples and classes: (B, D) × (C, D) -> (B, C), O(B·C) memory."""
+    x = torch.nn.functional.normalize(batch, dim=1, eps=eps)
+    w = torch.nn.functional.normalize(weight.to(batch.dtype), dim=1, eps=eps)
+    return x @ w.T
+
+
+def clamp_cosine(cos: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Clamp to [−1 + ε, 1 − ε] so that arccos has a finite gradient."""
+    return cos.clamp(-1.0 + eps, 1.0 - eps)
+
+
+def additive_angular_margin(cos_target: torch.Tensor, margin: torch.Tensor | float) -> torch.Tensor:
+    """ArcFace's target logit cos(θ + m), kept monotonic in θ beyond θ + m > π.
+
+    For θ ≤ π − m this is cos(θ + m); beyond, cos θ − m·sin m (insightface's continuation), so the
+    logit keeps decreasing in θ instead of rising again towards cos(2π) = 1.
+    """
+    theta = torch.arccos(clamp_cosine(cos_target))
+    margin = torch.as_tensor(margin, dtype=cos_target.dtype, device=cos_target.device)
+    with_margin = torch.cos(theta + margin)
+    fallback = cos_target - margin * torch.sin(margin)
+    return torch.where(theta + margin <= torch.pi, with_margin, fallback)
+
+
+def replace_target(logits: torch.Tensor, labels: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``logits`` with entry (i, labels[i]) replaced by target[i] (out of place, differentiable)."""
+    return logits.scatter(1, labels[:, None], target[:, None].to(logits.dtype))

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from criteria._common import TRIPLETS, row_distances, zero_loss
+from criteria._common import TRIPLETS, keep_anchors, row_distances, zero_loss
 
 
 @dataclass
@@ -40,6 +40,7 @@ class ContrastiveLoss(nn.Module):
     Hparams = ContrastiveHparams
     requires_miner = True
     tuple_kind = TRIPLETS
+    supports_xbm = True
 
     def __init__(self, batchminer=None, **hparams) -> None:
         super().__init__()
@@ -48,11 +49,17 @@ class ContrastiveLoss(nn.Module):
 
     def forward(self, batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """batch: (B, D) embeddings; labels: (B,) class ids. Returns a scalar."""
-        anchors, positives, negatives = self.batchminer(batch, labels)
+        return self.cross_loss(batch, labels, batch, labels)
+
+    def cross_loss(
+        self, queries: torch.Tensor, q_labels: torch.Tensor, ref: torch.Tensor, ref_labels: torch.Tensor
+    ) -> torch.Tensor:
+        """Anchors among ``queries`` (= the first rows of ``ref``), partners from ``ref``."""
+        anchors, positives, negatives = keep_anchors(self.batchminer(ref, ref_labels), TRIPLETS, len(queries))
         if len(anchors) == 0:
-            return zero_loss(batch)
-        d_ap = row_distances(batch[anchors], batch[positives])
-        d_an = row_distances(batch[anchors], batch[negatives])
+            return zero_loss(queries)
+        d_ap = row_distances(queries[anchors], ref[positives])
+        d_an = row_distances(queries[anchors], ref[negatives])
         pos = torch.relu(d_ap - self.hp.pos_margin).pow(self.hp.power)
         neg = torch.relu(self.hp.neg_margin - d_an).pow(self.hp.power)
         return pos.mean() + neg.mean()

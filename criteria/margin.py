@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from criteria._common import TRIPLETS, row_distances, zero_loss
+from criteria._common import TRIPLETS, check_labels, keep_anchors, row_distances, zero_loss
 
 
 @dataclass
@@ -47,6 +47,7 @@ class MarginLoss(nn.Module):
     Hparams = MarginHparams
     requires_miner = True
     tuple_kind = TRIPLETS
+    supports_xbm = True
 
     def __init__(self, batchminer=None, **hparams) -> None:
         super().__init__()
@@ -66,12 +67,19 @@ class MarginLoss(nn.Module):
 
     def forward(self, batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """batch: (B, D) embeddings; labels: (B,) class ids in [0, n_classes). Returns a scalar."""
-        anchors, positives, negatives = self.batchminer(batch, labels)
+        return self.cross_loss(batch, labels, batch, labels)
+
+    def cross_loss(
+        self, queries: torch.Tensor, q_labels: torch.Tensor, ref: torch.Tensor, ref_labels: torch.Tensor
+    ) -> torch.Tensor:
+        """Anchors among ``queries`` (= the first rows of ``ref``), positives/negatives from ``ref``."""
+        check_labels(q_labels, self.hp.n_classes, self.name)
+        anchors, positives, negatives = keep_anchors(self.batchminer(ref, ref_labels), TRIPLETS, len(queries))
         if len(anchors) == 0:
-            return zero_loss(batch) + self.beta.sum() * 0.0
-        beta = self.beta[labels.to(self.beta.device)[anchors]].to(batch.dtype)
-        d_ap = row_distances(batch[anchors], batch[positives])
-        d_an = row_distances(batch[anchors], batch[negatives])
+            return zero_loss(queries) + self.beta.sum() * 0.0
+        beta = self.beta[q_labels.to(self.beta.device)[anchors]].to(queries.dtype)
+        d_ap = row_distances(queries[anchors], ref[positives])
+        d_an = row_distances(queries[anchors], ref[negatives])
         pos = torch.relu(d_ap - beta + self.hp.margin)
         neg = torch.relu(beta - d_an + self.hp.margin)
         n_active = ((pos > 0).sum() + (neg > 0).sum()).clamp_min(1)

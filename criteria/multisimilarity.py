@@ -21,6 +21,9 @@ the sum is divided by the batch size B, as in the authors' code.
 Deviations from the reference implementation: vectorised with masks and ``logsumexp`` (log(1 + Σ e^z)
 computed stably) instead of a loop over anchors; the reference averaged over the surviving anchors
 only and crashed when none survived (its issue #3); here that case is a differentiable 0.
+pytorch-metric-learning's MultiSimilarityMiner + MultiSimilarityLoss keep the term of an anchor
+whose other set is empty; the authors' code (followed here) skips such an anchor.
+``cross_loss`` lets the cross-batch memory (criteria/xbm.py) supply extra positives/negatives.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from criteria._common import same_label_masks
+from criteria._common import cross_label_masks
 
 
 @dataclass
@@ -55,6 +58,7 @@ class MultiSimilarityLoss(nn.Module):
     Hparams = MultiSimilarityHparams
     requires_miner = False
     tuple_kind = None
+    supports_xbm = True
 
     def __init__(self, batchminer=None, **hparams) -> None:
         super().__init__()
@@ -62,9 +66,15 @@ class MultiSimilarityLoss(nn.Module):
 
     def forward(self, batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """batch: (B, D) L2-normalised embeddings; labels: (B,). Returns a scalar."""
+        return self.cross_loss(batch, labels, batch, labels)
+
+    def cross_loss(
+        self, queries: torch.Tensor, q_labels: torch.Tensor, ref: torch.Tensor, ref_labels: torch.Tensor
+    ) -> torch.Tensor:
+        """Anchors ``queries`` (= the first rows of ``ref``) against all of ``ref``."""
         hp = self.hp
-        sim = batch @ batch.T
-        pos_mask, neg_mask = same_label_masks(labels.to(batch.device))
+        sim = queries @ ref.T
+        pos_mask, neg_mask = cross_label_masks(q_labels.to(sim.device), ref_labels.to(sim.device))
         with torch.no_grad():
             inf = torch.tensor(float("inf"), dtype=sim.dtype, device=sim.device)
             min_pos = torch.where(pos_mask, sim, inf).min(1, keepdim=True).values
@@ -75,4 +85,4 @@ class MultiSimilarityLoss(nn.Module):
         pos_term = _log1p_sum_exp(-hp.pos_weight * (sim - hp.thresh), pos_keep) / hp.pos_weight
         neg_term = _log1p_sum_exp(hp.neg_weight * (sim - hp.thresh), neg_keep) / hp.neg_weight
         per_anchor = torch.where(valid, pos_term + neg_term, torch.zeros_like(pos_term))
-        return per_anchor.sum() / len(batch)
+        return per_anchor.sum() / len(queries)

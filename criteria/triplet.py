@@ -9,7 +9,8 @@ with squared Euclidean distances as in the paper, m = ``--loss_triplet_margin`` 
 triplets returned by the batch miner. The mean runs over all mined triplets, active or not.
 
 Deviations from the reference implementation: one vectorised gather instead of a Python loop over
-triplets; an empty triplet set gives a differentiable 0 instead of a crash.
+triplets; an empty triplet set gives a differentiable 0 instead of a crash. ``cross_loss`` lets
+the cross-batch memory (criteria/xbm.py) draw positives and negatives from stored embeddings.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from criteria._common import TRIPLETS, row_distances, zero_loss
+from criteria._common import TRIPLETS, keep_anchors, row_distances, zero_loss
 
 
 @dataclass
@@ -34,6 +35,7 @@ class TripletLoss(nn.Module):
     Hparams = TripletHparams
     requires_miner = True
     tuple_kind = TRIPLETS
+    supports_xbm = True
 
     def __init__(self, batchminer=None, **hparams) -> None:
         super().__init__()
@@ -42,9 +44,15 @@ class TripletLoss(nn.Module):
 
     def forward(self, batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """batch: (B, D) embeddings; labels: (B,) class ids. Returns a scalar."""
-        anchors, positives, negatives = self.batchminer(batch, labels)
+        return self.cross_loss(batch, labels, batch, labels)
+
+    def cross_loss(
+        self, queries: torch.Tensor, q_labels: torch.Tensor, ref: torch.Tensor, ref_labels: torch.Tensor
+    ) -> torch.Tensor:
+        """Anchors among ``queries`` (= the first rows of ``ref``), positives/negatives from ``ref``."""
+        anchors, positives, negatives = keep_anchors(self.batchminer(ref, ref_labels), TRIPLETS, len(queries))
         if len(anchors) == 0:
-            return zero_loss(batch)
-        d_ap = row_distances(batch[anchors], batch[positives], squared=True)
-        d_an = row_distances(batch[anchors], batch[negatives], squared=True)
+            return zero_loss(queries)
+        d_ap = row_distances(queries[anchors], ref[positives], squared=True)
+        d_an = row_distances(queries[anchors], ref[negatives], squared=True)
         return torch.relu(d_ap - d_an + self.hp.margin).mean()

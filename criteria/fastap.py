@@ -1,0 +1,62 @@
+"""FastAP: a histogram-binned average-precision surrogate.
+
+Cakir, He, Xia, Kulis, Sclaroff. "Deep Metric Learning to Rank." CVPR 2019.
+https://arxiv.org/abs/1906.05305 (the authors' code: github.com/kunhe/FastAP-metric-learning)
+
+Each sample is a query against the rest of the batch. Squared Euclidean distances of L2-normalised
+embeddings (normalised inside) lie in [0, 4]; they are soft-binned with triangular kernels on
+L + 1 equally spaced centres c_l (L = ``--loss_fastap_num_bins``, 10, Δ = 4/L):
+δ_l(d) = [1 − |d − c_l| / Δ]₊. For query i with positive count N⁺_i (same class, j ≠ i):
+
+    h⁺_l = Σ_{j pos} δ_l(d_ij)    h_l = Σ_{j ≠ i} δ_l(d_ij)    H⁺_l, H_l their cumulative sums
+    AP_i = 1/N⁺_i · Σ_l h⁺_l H⁺_l / H_l
+    L    = mean over queries with N⁺_i > 0 of (1 − AP_i)
+
+Equal to pytorch-metric-learning's FastAPLoss. Not part of the study. Memory O(B²·L).
+A batch without positive pairs gives a differentiable 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.functional import normalize
+
+from criteria._common import pairwise_distances, same_label_masks, zero_loss
+
+
+@dataclass
+class FastapHparams:
+    num_bins: int = field(default=10, metadata={"help": "number L of distance bins"})
+
+
+class FastAPLoss(nn.Module):
+    """FastAP (Cakir et al. 2019), each sample a query against the rest of the batch."""
+
+    name = "fastap"
+    Hparams = FastapHparams
+    requires_miner = False
+    tuple_kind = None
+
+    def __init__(self, batchminer=None, **hparams) -> None:
+        super().__init__()
+        self.hp = FastapHparams(**hparams)
+
+    def forward(self, batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """batch: (B, D) embeddings; labels: (B,) class ids. Returns a scalar."""
+        pos, neg = same_label_masks(labels.to(batch.device))
+        n_pos = pos.sum(1)
+        valid = n_pos > 0
+        if not bool(valid.any()):
+            return zero_loss(batch)
+        d2 = pairwise_distances(normalize(batch, dim=1), squared=True)
+        delta = 4.0 / self.hp.num_bins
+        centres = torch.linspace(0.0, 4.0, self.hp.num_bins + 1, dtype=batch.dtype, device=batch.device)
+        pulse = torch.relu(1.0 - (d2[:, :, None] - centres).abs() / delta)  # (B, B, L+1)
+        h_pos = (pulse * pos[:, :, None]).sum(1)
+        h_all = h_pos + (pulse * neg[:, :, None]).sum(1)
+        cum_pos, cum_all = h_pos.cumsum(1), h_all.cumsum(1)
+        ap = (h_pos * cum_pos / cum_all.clamp_min(1e-12)).sum(1) / n_pos.clamp_min(1)
+        return ((1.0 - ap) * valid).sum() / valid.sum()
