@@ -29,6 +29,12 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--tv_split_perc", type=float, default=0.8, help="training fraction of the train/val split")
     data.add_argument("--augmentation", default="base", choices=["base", "adv", "big", "red"],
                       help="training augmentation (see datasets/)")
+    data.add_argument("--data_cache", default="",
+                      help="folder for a pre-resized uint8 image cache, built once and reused by every run")
+    data.add_argument("--data_cache_size", type=int, default=256,
+                      help="shorter image side stored in the --data_cache (>= the evaluation resize)")
+    data.add_argument("--data_decode", default="reduced", choices=["reduced", "full"],
+                      help="reduced: decode JPEGs at 1/2, 1/4 or 1/8 size when the crop is still downscaled")
 
     train = parser.add_argument_group("optimisation")
     train.add_argument("--lr", type=float, default=1e-5, help="learning rate of the network")
@@ -55,7 +61,12 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> None:
     net.add_argument("--embed_dim", type=int, default=128, help="embedding dimension")
     net.add_argument("--not_pretrained", action="store_true", help="random instead of ImageNet weights")
     net.add_argument("--arch", default="resnet50_frozen_normalize",
-                     help="<backbone>[_frozen][_normalize] (architectures/)")
+                     help="<backbone>[_frozen][_normalize][_double][_he], or timm:<model>[...] (architectures/)")
+    net.add_argument("--pretrained_path", default="",
+                     help="local state dict with the backbone's pretrained weights (offline machines)")
+    net.add_argument("--amp", nargs="?", const="auto", default="off", choices=["off", "auto", "bf16", "fp16"],
+                     help="mixed precision (autocast); bare --amp = bf16 where supported, else fp16 (CUDA)")
+    net.add_argument("--channels_last", action="store_true", help="NHWC memory format for the backbone")
 
     ev = parser.add_argument_group("evaluation")
     ev.add_argument("--evaluation_metrics", nargs="+", default=DEFAULT_METRICS, help="metrics computed per split")

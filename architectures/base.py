@@ -1,55 +1,188 @@
-"""The embedding network: a backbone's pooled features -> ``last_linear`` -> optional L2 norm.
+"""The embedding network: backbone features -> ``last_linear`` -> optional L2 norm, plus the shared
+machinery of all backbones (arch-name parsing, input normalisation, weights, precision).
 
 Architecture names keep the reference study's form ``<backbone>[_<modifier>...]``, e.g.
-``resnet50_frozen_normalize``; :func:`parse_arch` turns them into explicit fields instead of
-substring tests:
+``resnet50_frozen_normalize`` or ``bninception_normalize_frozen_double`` (any order), and
+``timm:<model name>[_<modifier>...]`` for any timm model (``timm:vit_small_patch16_224.dino``).
+:func:`parse_arch` turns them into explicit fields instead of the reference's substring tests:
 
 * ``frozen``: BatchNorm running statistics are frozen (BN layers stay in eval mode in training;
   their affine parameters still learn, as in the study);
-* ``normalize``: the output embedding is L2-normalised.
+* ``normalize``: the output embedding is L2-normalised;
+* ``double``: global pooling is average + max pooling (summed, as in the study's BN-Inception;
+  here available for every CNN backbone; timm uses its own ``avgmax`` = ½(avg + max));
+* ``he``: Kaiming-normal (fan_out) initialisation of ``last_linear``, bias 0 (the study's ``_he``).
 
 Unknown modifiers are an error (the reference silently ignored them).
+
+**Input.** The data pipeline hands the network ``uint8`` images (B, 3, H, W) in RGB order, so the
+workers do no float work and host->device copies are 4× smaller; :class:`EmbeddingNet` converts
+them on the device with the backbone's :class:`InputConfig` (ImageNet mean/std, or BN-Inception's
+BGR 0-255 "Caffe" normalisation). Float inputs are taken as already normalised (the embedded
+``digits`` dataset, tests).
+
+**Precision.** ``--amp`` runs the backbone and head under ``torch.autocast`` (bf16, or fp16 with a
+gradient scaler, on CUDA; bf16 on a CPU that supports it natively, otherwise float32); the
+embedding leaves the network as float32, so every loss is computed in float32. ``--channels_last``
+puts weights and inputs in NHWC memory format (faster convolutions on tensor cores).
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from utilities.errors import ConfigError
 
-KNOWN_MODIFIERS = ("frozen", "normalize")
+KNOWN_MODIFIERS = ("frozen", "normalize", "double", "he")
+AMP_MODES = ("off", "auto", "bf16", "fp16")
+CLASSIFIER_KEYS = ("fc.", "last_linear.", "classifier.", "head.")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
 class ArchSpec:
+    """The parsed ``--arch``: backbone name, timm model name and the modifiers as fields."""
+
     backbone: str
+    model: str = ""  # the timm model name for ``timm:<name>``
     freeze_bn: bool = False
     normalize: bool = False
+    pooling: str = "avg"  # "avg" or "double" (avg + max)
+    head_init: str = "default"  # "default" (torch's Linear init) or "kaiming"
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """What a backbone expects: crop size and pixel normalisation of RGB images in [0, 1].
+
+    ``bgr255``: Caffe style, channels flipped to BGR and ``x·255 − mean·255`` (std 1/255), as
+    BN-Inception was trained."""
+
+    crop: int = 224
+    resize: int = 256  # evaluation: resize the shorter side to this, then centre-crop ``crop``
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    bgr255: bool = False
+
+
+BNINCEPTION_INPUT = InputConfig(
+    crop=227, mean=(128 / 255, 117 / 255, 104 / 255), std=(1 / 255,) * 3, bgr255=True
+)
 
 
 def parse_arch(arch: str, known_modifiers: tuple[str, ...] = KNOWN_MODIFIERS) -> ArchSpec:
-    backbone, *mods = arch.split("_")
-    unknown = [m for m in mods if m not in known_modifiers]
-    if unknown:
+    """``resnet50_frozen_normalize`` -> ArchSpec(backbone="resnet50", freeze_bn=True, normalize=True).
+
+    Modifiers are the trailing ``_``-separated tokens; for ``timm:<name>`` everything before them
+    is the timm model name (which may itself contain underscores)."""
+    tokens = arch.split("_")
+    mods: list[str] = []
+    while len(tokens) > 1 and tokens[-1] in known_modifiers:
+        mods.insert(0, tokens.pop())
+    head = "_".join(tokens)
+    model = ""
+    if head.startswith("timm:"):
+        backbone, model = "timm", head[len("timm:") :]
+        if not model:
+            raise ConfigError(f"--arch {arch}: give the timm model as timm:<name>, e.g. timm:resnet50")
+    elif len(tokens) > 1:
         raise ConfigError(
-            f"unknown modifier(s) {unknown} in --arch {arch}; modifiers are: {', '.join(known_modifiers)}"
+            f"unknown modifier(s) {tokens[1:]} in --arch {arch}; modifiers are: {', '.join(known_modifiers)}"
         )
-    return ArchSpec(backbone=backbone, freeze_bn="frozen" in mods, normalize="normalize" in mods)
+    else:
+        backbone = head
+    return ArchSpec(
+        backbone=backbone,
+        model=model,
+        freeze_bn="frozen" in mods,
+        normalize="normalize" in mods,
+        pooling="double" if "double" in mods else "avg",
+        head_init="kaiming" if "he" in mods else "default",
+    )
+
+
+class GlobalPool(nn.Module):
+    """(B, C, H, W) -> (B, C): average pooling, or average + max pooling (``_double``)."""
+
+    def __init__(self, mode: str = "avg", keepdim: bool = False) -> None:
+        super().__init__()
+        self.mode = mode
+        self.keepdim = keepdim  # (B, C, 1, 1), for torchvision models that flatten after pooling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = x.mean(dim=(2, 3), keepdim=self.keepdim)
+        if self.mode == "double":
+            pooled = pooled + x.amax(dim=(2, 3), keepdim=self.keepdim)
+        return pooled
+
+
+def autocast_dtype(mode: str, device_type: str) -> torch.dtype | None:
+    """The autocast dtype for ``--amp mode`` on ``device_type``; None means float32 (no autocast)."""
+    if mode not in AMP_MODES:
+        raise ConfigError(f"--amp {mode}: choose from {', '.join(AMP_MODES)}")
+    if mode == "off":
+        return None
+    if device_type == "cuda":
+        if mode == "fp16" or (mode == "auto" and not torch.cuda.is_bf16_supported()):
+            return torch.float16
+        return torch.bfloat16
+    if device_type == "cpu" and _cpu_has_bf16():
+        return torch.bfloat16  # fp16 autocast on CPU is emulated and slow: bf16 instead
+    return None
+
+
+def _cpu_has_bf16() -> bool:
+    checks = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(c is not None and c() for c in checks)
 
 
 class EmbeddingNet(nn.Module):
     """``features`` (B, F) from the backbone, then ``last_linear`` (F -> embed_dim)."""
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, embed_dim: int, spec: ArchSpec) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feature_dim: int,
+        embed_dim: int,
+        spec: ArchSpec,
+        input_config: InputConfig | None = None,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.last_linear = nn.Linear(feature_dim, embed_dim)
+        if spec.head_init == "kaiming":
+            nn.init.kaiming_normal_(self.last_linear.weight, mode="fan_out")
+            nn.init.zeros_(self.last_linear.bias)
         self.spec = spec
         self.normalize = spec.normalize
         self.embed_dim = embed_dim
+        self.input_config = input_config or InputConfig()
+        cfg = self.input_config
+        # uint8 x -> (x - 255·mean) / (255·std); non-persistent so checkpoints stay backbone-only
+        self.register_buffer(
+            "_pixel_mean", torch.tensor(cfg.mean).mul(255).view(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer("_pixel_std", torch.tensor(cfg.std).mul(255).view(1, 3, 1, 1), persistent=False)
+        self.amp = "off"
+        self.channels_last = False
+
+    def set_precision(self, amp: str = "off", channels_last: bool = False) -> EmbeddingNet:
+        autocast_dtype(amp, "cpu")  # validates the mode
+        self.amp = amp
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+        return self
+
+    def autocast_dtype(self, device_type: str) -> torch.dtype | None:
+        return autocast_dtype(self.amp, device_type)
 
     def train(self, mode: bool = True) -> EmbeddingNet:
         super().train(mode)
@@ -59,6 +192,101 @@ class EmbeddingNet(nn.Module):
                     module.eval()
         return self
 
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 RGB (B, 3, H, W) -> the float input the backbone was trained on."""
+        x = x.float()
+        x = (x - self._pixel_mean) / self._pixel_std
+        if self.input_config.bgr255:
+            x = x.flip(1)  # normalised in RGB order, then flipped, as the study does
+        return x
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.last_linear(self.backbone(x))
+        if x.dtype == torch.uint8:
+            x = self.preprocess(x)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        dtype = self.autocast_dtype(x.device.type)
+        with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            z = self.last_linear(self.backbone(x))
+        z = z.float()
         return nn.functional.normalize(z, dim=-1) if self.normalize else z
+
+
+# ---- weights ----------------------------------------------------------------------------------
+
+
+def load_local_weights(module: nn.Module, path: str, arch: str) -> None:
+    """Load a local state dict (``--pretrained_path``) into ``module``.
+
+    Accepts a bare state dict or one under ``state_dict``/``model``; strips ``module.`` (DDP) and
+    ``backbone.`` (a checkpoint of this project's :class:`EmbeddingNet`) prefixes. Keys of the
+    replaced classifier (``fc``, ``last_linear``, ``classifier``, ``head``) are ignored; any missing
+    backbone weight or shape mismatch is a :class:`ConfigError`."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(f"--pretrained_path {path}: no such file (a torch state dict for {arch})")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ConfigError(f"--pretrained_path {path}: cannot read it as a torch state dict ({err})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ConfigError(f"--pretrained_path {path}: expected a state dict, found {type(state).__name__}")
+    cleaned = {}
+    for key, value in state.items():
+        for prefix in ("module.", "backbone."):
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+        cleaned[key] = value
+    own = module.state_dict()
+    bad = [k for k, v in cleaned.items() if k in own and own[k].shape != v.shape]
+    if bad:
+        raise ConfigError(f"--pretrained_path {path} does not fit {arch}: shape mismatch in {bad[:5]}")
+    missing = [
+        k
+        for k in own
+        if k not in cleaned and not k.endswith("num_batches_tracked") and not k.startswith(CLASSIFIER_KEYS)
+    ]
+    if missing:
+        raise ConfigError(
+            f"--pretrained_path {path} does not fit {arch}: {len(missing)} weights missing, e.g. {missing[:5]}"
+        )
+    module.load_state_dict({k: v for k, v in cleaned.items() if k in own}, strict=False)
+
+
+def build_weights(
+    arch: str,
+    opt,
+    random_init: Callable[[], nn.Module],
+    pretrained_init: Callable[[], nn.Module] | None,
+) -> nn.Module:
+    """The backbone module, honouring ``--pretrained_path`` > ``--not_pretrained`` > downloaded weights.
+
+    ``random_init`` builds the module with random weights; ``pretrained_init`` downloads (or reads
+    from the framework's cache) the ImageNet weights. Any failure there — no network, a broken
+    cache — becomes one :class:`ConfigError` line instead of a traceback."""
+    path = getattr(opt, "pretrained_path", "") or ""
+    if path:
+        module = random_init()
+        load_local_weights(module, path, arch)
+        return module
+    if getattr(opt, "not_pretrained", False) or pretrained_init is None:
+        return random_init()
+    try:
+        return pretrained_init()
+    except Exception as err:  # urllib/SSL/OS/hub errors all mean "weights not reachable"
+        msg = str(err).splitlines()[0] if str(err) else ""
+        raise ConfigError(
+            f"could not load pretrained weights for {arch} ({type(err).__name__}: {msg[:200]}); "
+            f"use --not_pretrained, or --pretrained_path <local state dict> on offline machines"
+        ) from None
+
+
+def quiet_import(fn: Callable[[], object]) -> object:
+    """Run an import, hiding the SyntaxWarnings of old packages (``pretrainedmodels``)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SyntaxWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return fn()

@@ -2,7 +2,9 @@
 
 Three 3×3 conv blocks (32, 64, 128 channels, BatchNorm, ReLU; max-pool after the second), global
 average pooling -> 128 features -> ``last_linear``. Always randomly initialised (there are no
-pretrained weights for it); ~0.1 M parameters.
+pretrained weights for it; ``--pretrained_path`` is not supported); ~0.1 M parameters. On image
+datasets it takes 32-pixel crops (eval: resize 36, centre crop 32), so pipelines can be smoke-tested
+on a CPU.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import argparse
 
 from torch import nn
 
-from architectures.base import ArchSpec, EmbeddingNet
+from architectures.base import ArchSpec, EmbeddingNet, GlobalPool, InputConfig
 
 
 def _block(cin: int, cout: int) -> list[nn.Module]:
@@ -22,11 +24,15 @@ class SmallCNN:
     """Small 3-block CNN for tiny images (CPU-friendly)."""
 
     name = "smallcnn"
+    input_config = InputConfig(crop=32, resize=36)
 
     @staticmethod
     def build(spec: ArchSpec, opt: argparse.Namespace) -> EmbeddingNet:
         features = nn.Sequential(
-            *_block(3, 32), *_block(32, 64), nn.MaxPool2d(2), *_block(64, 128),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            *_block(3, 32),
+            *_block(32, 64),
+            nn.MaxPool2d(2),
+            *_block(64, 128),
+            GlobalPool(spec.pooling),
         )
-        return EmbeddingNet(features, 128, opt.embed_dim, spec)
+        return EmbeddingNet(features, 128, opt.embed_dim, spec, SmallCNN.input_config)

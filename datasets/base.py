@@ -14,7 +14,10 @@ boolean masks (query/gallery protocol, e.g. In-Shop); without them evaluation is
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -78,12 +81,14 @@ class SplitDataset(torch.utils.data.Dataset):
 
 
 def train_val_masks(
-    labels: np.ndarray, perc: float, by_samples: bool, seed: int
+    labels: np.ndarray, perc: float, by_samples: bool, seed: int, groups: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Boolean (train, val) masks over ``labels`` for ``--use_tv_split``.
 
     By classes (default): the first ⌊C·perc⌋ classes (in label order) train, the rest validate,
-    so validation classes are disjoint from training classes, like the test split.
+    so validation classes are disjoint from training classes, like the test split. With
+    ``groups`` (per-sample super-class ids, SOP), the class split is made within each group, so
+    every super-class is represented on both sides (as the study does for SOP).
     By samples (``--tv_split_by_samples``): per class, a seeded random ⌊n·perc⌋ of the images train
     and the rest validate (at least one image on each side when the class has two or more).
     """
@@ -91,6 +96,17 @@ def train_val_masks(
     if not 0.0 < perc < 1.0:
         raise ConfigError(f"--tv_split_perc must lie in (0, 1), got {perc}")
     classes = np.unique(labels)
+    if not by_samples and groups is not None:
+        groups = np.asarray(groups)
+        train = np.zeros(len(labels), dtype=bool)
+        for g in np.unique(groups):  # one pass per super-class
+            in_group = groups == g
+            group_classes = np.unique(labels[in_group])
+            n_train = max(1, int(np.floor(len(group_classes) * perc)))
+            train |= in_group & np.isin(labels, group_classes[:n_train])
+        if train.all() or not train.any():
+            raise ConfigError(f"--tv_split_perc {perc} leaves no training or no validation class")
+        return train, ~train
     if not by_samples:
         n_train = int(np.floor(len(classes) * perc))
         if n_train < 1 or n_train >= len(classes):
@@ -115,15 +131,182 @@ def make_splits(
     train_transform,
     eval_transform,
     opt,
+    *,
+    groups: np.ndarray | None = None,
+    validation: SplitDataset | None = None,
 ) -> dict[str, SplitDataset]:
-    """Assemble the split dict from full train/test sets (applies ``--use_tv_split``)."""
+    """Assemble the split dict from full train/test sets (applies ``--use_tv_split``).
+
+    ``groups``: per-training-sample super-class ids for a class split within super-classes;
+    ``validation``: a validation set given by the dataset itself (the ``csv`` plugin), used
+    instead of carving one out of the training classes."""
     splits: dict[str, SplitDataset] = {}
-    if opt.use_tv_split:
-        tr, va = train_val_masks(train.labels.numpy(), opt.tv_split_perc, opt.tv_split_by_samples, opt.seed)
+    if validation is not None:
+        validation.transform, validation.name = eval_transform, "validation"
+        splits["validation"] = validation
+    elif opt.use_tv_split:
+        tr, va = train_val_masks(
+            train.labels.numpy(), opt.tv_split_perc, opt.tv_split_by_samples, opt.seed, groups
+        )
         splits["validation"] = train.subset(va, eval_transform, name="validation")
         train = train.subset(tr, name="training")
     splits["training"] = train.subset(np.ones(len(train), bool), train_transform, name="training")
     splits["evaluation"] = train.subset(np.ones(len(train), bool), eval_transform, name="evaluation")
     splits["testing"] = test
     test.transform, test.name = eval_transform, "testing"
+    report_small_classes(splits["training"].labels.numpy(), getattr(opt, "samples_per_class", 1), opt.dataset)
     return splits
+
+
+def report_small_classes(labels: np.ndarray, samples_per_class: int, dataset: str = "") -> list[int]:
+    """Warn (before training starts) about training classes with fewer than ``--samples_per_class``
+    images: the batch sampler has to repeat their images, and a class of one image has no positive
+    pair at all. Returns the offending (re-indexed) class labels."""
+    classes, counts = np.unique(np.asarray(labels), return_counts=True)
+    small = classes[counts < samples_per_class]
+    if len(small):
+        examples = ", ".join(
+            f"class {c}: {n}" for c, n in zip(small[:5], counts[counts < samples_per_class][:5], strict=True)
+        )
+        warnings.warn(
+            f"{dataset}: {len(small)} training class(es) have fewer than --samples_per_class "
+            f"{samples_per_class} images ({examples}{', ...' if len(small) > 5 else ''}); "
+            f"the sampler will repeat their images",
+            UserWarning,
+            stacklevel=2,
+        )
+    return small.tolist()
+
+
+# ---- image datasets on disk --------------------------------------------------------------------
+
+
+@dataclass
+class Listing:
+    """What a dataset plugin reads from its split files: image paths and raw class ids per split.
+
+    Class ids may be any integers (official ids); :class:`SplitDataset` re-indexes them per split.
+    ``test_is_query``/``test_is_gallery``: the query/gallery protocol (In-Shop, csv);
+    ``train_groups``: super-class ids (SOP) for the validation class split; ``val_*``: an explicit
+    validation set (csv)."""
+
+    train_paths: list[str]
+    train_labels: np.ndarray
+    test_paths: list[str]
+    test_labels: np.ndarray
+    test_is_query: np.ndarray | None = None
+    test_is_gallery: np.ndarray | None = None
+    train_groups: np.ndarray | None = None
+    val_paths: list[str] | None = None
+    val_labels: np.ndarray | None = None
+    layout: str = ""
+
+
+class ImageDataset:
+    """Base of the on-disk datasets: find the root and layout, read a :class:`Listing`, build splits.
+
+    Subclasses set ``name`` and ``layouts`` ({layout name: human description of the files}) and
+    implement ``detect(root) -> layout name | None`` and ``read(root, layout) -> Listing``. The root
+    is ``<source_path>/<name>``, or ``<source_path>`` itself when that already holds the layout."""
+
+    name = ""
+    layouts: dict[str, str] = {}
+
+    def __init__(self, opt) -> None:
+        self.opt = opt
+
+    def detect(self, root: Path) -> str | None:
+        raise NotImplementedError
+
+    def read(self, root: Path, layout: str) -> Listing:
+        raise NotImplementedError
+
+    def candidates(self) -> list[Path]:
+        source = Path(self.opt.source_path).expanduser()
+        return [source / self.name, source]
+
+    def locate(self) -> tuple[Path, str]:
+        for root in self.candidates():
+            if root.is_dir():
+                layout = self.detect(root)
+                if layout is not None:
+                    return root, layout
+        expected = "; or ".join(f"{desc} ({name} layout)" for name, desc in self.layouts.items())
+        raise ConfigError(
+            f"{self.name}: no dataset found in {self.candidates()[0]} (nor in --source_path itself); "
+            f"expected {expected}"
+        )
+
+    def listing(self) -> Listing:
+        root, layout = self.locate()
+        listing = self.read(root, layout)
+        listing.layout = layout
+        return listing
+
+    def splits(self) -> dict[str, SplitDataset]:
+        return image_splits(self.listing(), self.opt, self.name)
+
+
+def require_file(path: Path, dataset: str, layout: str) -> Path:
+    """``path`` must exist; otherwise a ConfigError naming it and the expected layout."""
+    if not path.is_file():
+        raise ConfigError(f"{dataset}: missing {path} (expected for the {layout})")
+    return path
+
+
+def read_table(path: Path, n_columns: int, dataset: str, skip: int = 0) -> list[list[str]]:
+    """Whitespace-separated rows of a split file, each with at least ``n_columns`` fields."""
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if number <= skip or not line.strip():
+                continue
+            fields = line.split()
+            if len(fields) < n_columns:
+                raise ConfigError(
+                    f"{dataset}: {path} line {number}: expected {n_columns} columns, got {line.strip()!r}"
+                )
+            rows.append(fields)
+    if not rows:
+        raise ConfigError(f"{dataset}: {path} lists no images")
+    return rows
+
+
+def image_splits(listing: Listing, opt, dataset: str) -> dict[str, SplitDataset]:
+    """SplitDatasets over image files: reader (files or ``--data_cache``), the transforms for
+    ``--augmentation`` and the backbone's crop/normalisation, and the split dict."""
+    import architectures
+    from datasets.images import FileReader, ImageCache, check_files_exist
+    from datasets.transforms import build_transforms
+
+    val_paths = listing.val_paths or []
+    all_paths = listing.train_paths + listing.test_paths + val_paths
+    check_files_exist(all_paths, dataset)
+    for split, paths in (("training", listing.train_paths), ("test", listing.test_paths)):
+        if not paths:
+            raise ConfigError(f"{dataset}: the {split} split is empty ({listing.layout} layout)")
+    cfg = architectures.input_config(opt.arch)
+    train_tf, eval_tf = build_transforms(
+        opt.augmentation, cfg.crop, cfg.resize, draft=getattr(opt, "data_decode", "reduced") == "reduced"
+    )
+    reader: Callable[[str], Any] = FileReader()
+    if getattr(opt, "data_cache", ""):
+        size = getattr(opt, "data_cache_size", 256)
+        if size < cfg.resize:
+            raise ConfigError(f"--data_cache_size {size} is smaller than the evaluation resize {cfg.resize}")
+        reader = ImageCache(opt.data_cache, all_paths, size, name=dataset, workers=getattr(opt, "kernels", 0))
+    train = SplitDataset(listing.train_paths, listing.train_labels, reader, name="training")
+    test = SplitDataset(
+        listing.test_paths,
+        listing.test_labels,
+        reader,
+        is_query=listing.test_is_query,
+        is_gallery=listing.test_is_gallery,
+        name="testing",
+    )
+    validation = None
+    if val_paths:
+        validation = SplitDataset(val_paths, listing.val_labels, reader, name="validation")
+    return make_splits(
+        train, test, train_tf, eval_tf, opt, groups=listing.train_groups, validation=validation
+    )

@@ -78,6 +78,8 @@ def train_one_epoch(
     model.train()
     criterion.train()
     start, losses = time.perf_counter(), []
+    amp_dtype = model.autocast_dtype(device.type) if hasattr(model, "autocast_dtype") else None
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     bar = tqdm(loader, desc=f"Epoch {epoch} training", leave=False, disable=not progress)
     for images, labels, idx in bar:
         embeddings = model(images.to(device, non_blocking=True))
@@ -85,8 +87,9 @@ def train_one_epoch(
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()  # a no-op scaler unless --amp runs fp16 (architectures/base.py)
+        scaler.step(optimizer)
+        scaler.update()
         losses.append(loss.item())
         if getattr(sampler, "requires_storage", False):
             sampler.update_storage(embeddings.detach(), idx)

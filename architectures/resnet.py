@@ -1,0 +1,58 @@
+"""ResNet-18/34/50/101 (He et al., CVPR 2016) from torchvision, with ImageNet weights.
+
+Backbone: conv1 … layer4 -> global pooling (average; average + max with ``_double``) -> ``last_linear``
+(512 or 2048 -> embed_dim), the study's ResNet-50 head. Weights are torchvision's ``IMAGENET1K_V1``
+(for ResNet-50 the same checkpoint, ``resnet50-19c8e357``, that the study loaded through
+``pretrainedmodels``). ``--not_pretrained`` starts from random weights, ``--pretrained_path`` reads
+a local state dict (torchvision's or this project's), and unreachable weights are one clear error.
+Input: 224 crops, ImageNet normalisation.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torchvision
+from torch import nn
+
+from architectures.base import ArchSpec, EmbeddingNet, GlobalPool, InputConfig, build_weights
+
+
+class _TorchvisionResNet:
+    name = ""
+    depth = 50
+    feature_dim = 2048
+    input_config = InputConfig()
+
+    @classmethod
+    def build(cls, spec: ArchSpec, opt: argparse.Namespace) -> EmbeddingNet:
+        builder = getattr(torchvision.models, cls.name)
+        weights = getattr(torchvision.models, f"ResNet{cls.depth}_Weights").IMAGENET1K_V1
+        net = build_weights(cls.name, opt, lambda: builder(weights=None), lambda: builder(weights=weights))
+        net.avgpool = GlobalPool(spec.pooling, keepdim=True)
+        net.fc = nn.Identity()
+        return EmbeddingNet(net, cls.feature_dim, opt.embed_dim, spec, cls.input_config)
+
+
+class ResNet18(_TorchvisionResNet):
+    """torchvision ResNet-18 (512-d features)."""
+
+    name, depth, feature_dim = "resnet18", 18, 512
+
+
+class ResNet34(_TorchvisionResNet):
+    """torchvision ResNet-34 (512-d features)."""
+
+    name, depth, feature_dim = "resnet34", 34, 512
+
+
+class ResNet50(_TorchvisionResNet):
+    """torchvision ResNet-50 (2048-d features), the study's default backbone."""
+
+    name, depth, feature_dim = "resnet50", 50, 2048
+
+
+class ResNet101(_TorchvisionResNet):
+    """torchvision ResNet-101 (2048-d features)."""
+
+    name, depth, feature_dim = "resnet101", 101, 2048
