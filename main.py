@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -17,18 +18,17 @@ import batch_mining
 import criteria
 import datasampler
 import datasets
-import parameters
 from evaluation import evaluate_split
 from evaluation.selection import improved, selection_split
-from utilities import checkpoint
+from utilities import checkpoint, run_state
 from utilities.errors import ConfigError
-from utilities.logger import RunLogger
+from utilities.logger import RunLogger, public_args
 from utilities.seeding import resolve_device, seed_everything
 from utilities.training import build_optimizer, build_scheduler, make_loader, train_one_epoch
 
 
 def main(argv: list[str] | None = None) -> dict:
-    opt = parameters.parse(argv)
+    opt, state = run_state.parse(argv)  # --resume / --evaluate_only: the stored run's flags + checkpoint
     wall_start = time.time()
     seed_everything(opt.seed)
     device = resolve_device(opt.device, opt.gpu)
@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- model, miner, loss, optimiser ----------------------------------------------------------
     model = architectures.select(opt.arch, opt).to(device)
+    if opt.evaluate_only:
+        return run_state.evaluate_checkpoint(model, state, eval_loaders, opt, device, metric_device)
     batchminer = batch_mining.select(opt.batch_mining, opt) if criteria.requires_miner(opt.loss) else None
     criterion = criteria.select(opt.loss, opt, batchminer).to(device)
     optimizer = build_optimizer(model, criterion, opt)
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
     if getattr(sampler, "requires_storage", False):
         sampler.init_storage(lambda: _embed_training_set(model, splits["evaluation"], opt, device))
 
-    logger = RunLogger(opt)
+    logger = RunLogger(opt, Path(opt.resume) if opt.resume else None, resume=bool(opt.resume))
     select_on = selection_split(list(eval_loaders))
     select_metric = opt.storage_metrics[0]
     print(f"Run folder: {logger.folder}")
@@ -61,9 +63,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- train ------------------------------------------------------------------------------------
     history: dict[str, list[dict]] = {s: [] for s in eval_loaders}
-    best_epoch = None
-    for epoch in range(opt.n_epochs):
-        stats = train_one_epoch(model, criterion, train_loader, optimizer, device, epoch=epoch,
+    best_epoch, start_epoch, wall_before = None, 0, 0.0
+    parts = {"model": model, "criterion": criterion, "optimizer": optimizer, "scheduler": scheduler,
+             "sampler": sampler, "batchminer": batchminer, "train_loader": train_loader}
+    if state is not None:  # --resume: continue after the last completed epoch (see utilities/run_state)
+        run_state.restore_training_state(state, **parts)
+        history, best_epoch, wall_before = state["history"], state["best_epoch"], state["wall_time"]
+        start_epoch = state["epoch"] + 1
+        logger.restore(state["rows"])
+        print(f"Resumed after epoch {state['epoch']}")
+    for epoch in range(start_epoch, opt.n_epochs):
+        stats = train_one_epoch(model, criterion, run_state.train_iterable(train_loader, epoch), optimizer, device, epoch=epoch,
                                 batchminer=batchminer, sampler=sampler, progress=not opt.no_progress)
         logger.log(epoch, "training", stats)
         line = [f"Epoch {epoch}: loss {stats['loss']:.4f} ({stats['train_time']:.1f}s)"]
@@ -76,16 +86,17 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{k} {v:.4f}" for k, v in results.items() if k in opt.evaluation_metrics))
         print(" | ".join(line))
         scheduler.step()
+        run_state.kill_point(f"logged:{epoch}")
 
-        state = {"epoch": epoch, "model": model.state_dict(), "criterion": criterion.state_dict(),
-                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "sampler": sampler.state_dict(), "miner": batchminer.state_dict() if batchminer else {},
-                 "rng": torch.get_rng_state(), "args": vars(opt).copy()}
-        checkpoint.save_atomic(state, logger.folder / "checkpoint_last.pt")
         scores = [r.get(select_metric) for r in history[select_on]]
         if improved(scores[:-1], scores[-1]):
             best_epoch = epoch
+        state = run_state.training_state(epoch=epoch, **parts, rows=logger.rows, history=history, best_epoch=best_epoch,
+                                         wall_time=wall_before + time.time() - wall_start, args=public_args(opt))
+        if best_epoch == epoch:  # best before last: a crash in between redoes this epoch and rewrites both
             checkpoint.save_atomic(state, logger.folder / "checkpoint_best.pt")
+        checkpoint.save_atomic(state, logger.folder / "checkpoint_last.pt")
+        run_state.kill_point(f"saved:{epoch}")
 
     # ---- summary ----------------------------------------------------------------------------------
     summary = {
@@ -94,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
         "note": ("epoch selected on the TEST split (no --use_tv_split): test metrics are optimistic"
                  if select_on == "testing" else "epoch selected on the validation split"),
         "metrics": {s: h[best_epoch] if best_epoch is not None else None for s, h in history.items()},
-        "wall_time": time.time() - wall_start, "n_epochs": opt.n_epochs,
+        "wall_time": wall_before + time.time() - wall_start, "n_epochs": opt.n_epochs,
     }
     logger.summary(summary)
     if best_epoch is not None:

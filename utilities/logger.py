@@ -86,12 +86,13 @@ def run_folder(opt: argparse.Namespace) -> Path:
 class RunLogger:
     """Writes the run folder; mirrors everything to W&B when ``--log_online`` is set."""
 
-    def __init__(self, opt: argparse.Namespace, folder: Path | None = None) -> None:
+    def __init__(self, opt: argparse.Namespace, folder: Path | None = None, *, resume: bool = False) -> None:
         self.folder = folder or run_folder(opt)
         self.rows: list[dict[str, Any]] = []
         self.wandb = None
-        info = {"args": public_args(opt), "git_commit": _git_commit(), "versions": _versions()}
-        (self.folder / "args.json").write_text(json.dumps(info, indent=2))
+        if not resume:  # a resumed run keeps the args.json (and git commit) it started with
+            info = {"args": public_args(opt), "git_commit": _git_commit(), "versions": _versions()}
+            (self.folder / "args.json").write_text(json.dumps(info, indent=2))
         if opt.log_online:
             self.wandb = _start_wandb(opt, self.folder)
 
@@ -102,6 +103,15 @@ class RunLogger:
         self._write_csv()
         if self.wandb is not None:
             self.wandb.log({f"{split}/{k}": v for k, v in row.items() if k not in ("epoch", "split")} | {"epoch": epoch})
+
+    def restore(self, rows: list[dict[str, Any]]) -> None:
+        """Resume: the checkpoint's rows replace metrics.csv (dropping rows of an unfinished epoch);
+        a new W&B run (same name) gets the history replayed."""
+        self.rows = [dict(r) for r in rows]
+        self._write_csv()
+        if self.wandb is not None:
+            for row in self.rows:
+                self.wandb.log({f"{row['split']}/{k}": v for k, v in row.items() if k not in ("epoch", "split")} | {"epoch": row["epoch"]})
 
     def _write_csv(self) -> None:
         columns: list[str] = []

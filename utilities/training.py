@@ -55,7 +55,10 @@ def make_loader(dataset, opt: argparse.Namespace, *, batch_sampler=None, seed: i
         "pin_memory": torch.cuda.is_available(),
         "worker_init_fn": worker_init_fn,
         "generator": loader_generator(seed),
-        "persistent_workers": opt.kernels > 0,
+        # Training workers are restarted every epoch, each epoch's worker seeds drawn from the
+        # loader's generator (checkpointed): persistent workers would carry their RNG state across
+        # epochs, which a resumed run cannot reproduce. Evaluation loaders draw nothing random.
+        "persistent_workers": opt.kernels > 0 and batch_sampler is None,
     }
     if batch_sampler is not None:
         return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, **kwargs)

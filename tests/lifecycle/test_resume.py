@@ -1,0 +1,68 @@
+"""Kill-and-resume: a run killed at any point (SIGKILL, in a subprocess) and resumed with
+``--resume`` ends with the same metrics.csv and summary.json as an uninterrupted run.
+
+Wall-clock columns (train_time, eval_time, wall_time) are excluded from the comparison; every
+other value, including the training loss of every epoch, must be identical (CPU).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+import main
+from tests.lifecycle._runs import assert_killed, read_rows, read_summary, run_subprocess, tiny_args
+from utilities.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    save = tmp_path_factory.mktemp("reference")
+    main.main(tiny_args(save, "ref"))
+    return save / "digits" / "ref"
+
+
+def test_killed_anywhere_then_resumed_equals_uninterrupted(reference, tmp_path):
+    folder = tmp_path / "digits" / "run"
+    # 1) killed during the first epoch: no checkpoint yet, the resume restarts from scratch
+    assert_killed(run_subprocess(tiny_args(tmp_path, "run"), kill_at="train:0:3"))
+    assert not (folder / "checkpoint_last.pt").exists()
+    # 2) killed mid-epoch 1 (step 4 of 15): epoch 1 is redone from the epoch-0 checkpoint
+    assert_killed(run_subprocess(["--resume", str(folder)], kill_at="train:1:4"))
+    # 3) killed between epochs: after epoch 2 was logged to metrics.csv but before its checkpoint was written
+    assert_killed(run_subprocess(["--resume", str(folder)], kill_at="logged:2"))
+    assert [r["epoch"] for r in read_rows(folder)].count("2") > 0  # the stale rows are on disk
+    main.main(["--resume", str(folder)])
+
+    assert read_rows(folder) == read_rows(reference)
+    assert read_summary(folder) == read_summary(reference)
+    assert len(read_rows(reference)) == 3 * 3  # 3 epochs × (training, testing, evaluation)
+
+
+def test_resume_between_epochs_with_dataloader_workers(tmp_path):
+    """Workers draw the augmentation randomness: their per-epoch seeds must survive a resume."""
+    extra = ["--kernels", "2"]
+    main.main(tiny_args(tmp_path, "full", *extra, epochs=2))
+    main.main(tiny_args(tmp_path, "part", *extra, epochs=1))
+    main.main(["--resume", str(tmp_path / "digits" / "part"), "--n_epochs", "2"])
+    assert read_rows(tmp_path / "digits" / "part") == read_rows(tmp_path / "digits" / "full")
+    assert read_summary(tmp_path / "digits" / "part") == read_summary(tmp_path / "digits" / "full")
+
+
+def test_resume_refuses_to_change_the_experiment(reference):
+    with pytest.raises(ConfigError, match="--lr"):
+        main.main(["--resume", str(reference), "--lr", "0.1"])
+
+
+def test_resume_of_a_folder_that_is_not_a_run(tmp_path):
+    with pytest.raises(ConfigError, match="not a run folder"):
+        main.main(["--resume", str(tmp_path)])
+
+
+def test_resume_bad_folder_exits_with_code_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["main.py", "--resume", str(tmp_path / "nope")])
+    with pytest.raises(SystemExit) as exit_info:
+        main.cli()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().startswith("error: --resume")
