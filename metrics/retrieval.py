@@ -117,7 +117,7 @@ class Precision(_Ranked):
     def __call__(self, ctx: EvalContext) -> float:
         hits = ctx.relevant(self.view)[:, : self.k].sum(1)
         denom = ctx.n_candidates.clamp(max=self.k).clamp_min(1)
-        return _mean_over(hits / denom, ctx.n_relevant >= 1)
+        return _mean_over(hits.double() / denom, ctx.n_relevant >= 1)
 
 
 class RPrecision(_Ranked):
@@ -136,7 +136,7 @@ class RPrecision(_Ranked):
         r = ctx.n_relevant
         rank = torch.arange(1, rel.shape[1] + 1, device=rel.device)
         hits = (rel & (rank[None, :] <= r[:, None])).sum(1)
-        return _mean_over(hits / r.clamp_min(1), r >= 1)
+        return _mean_over(hits.double() / r.clamp_min(1), r >= 1)
 
 
 class MAPatR(_Ranked):

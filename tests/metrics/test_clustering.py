@@ -1,0 +1,108 @@
+"""k-means and the clustering metrics: scikit-learn and pytorch-metric-learning as oracles,
+pair counting by brute force, known answers."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
+
+import metrics
+from metrics.clustering import nmi, pair_f1
+from metrics.context import EvalContext
+from metrics.kmeans import kmeans
+from tests.metrics.test_retrieval import clustered
+
+
+def test_nmi_equals_sklearn_arithmetic_on_random_partitions():
+    rng = np.random.default_rng(0)
+    for n_y, n_k in [(2, 2), (5, 9), (30, 12)]:
+        y, k = rng.integers(0, n_y, 300), rng.integers(0, n_k, 300)
+        assert nmi(y, k) == pytest.approx(
+            normalized_mutual_info_score(y, k, average_method="arithmetic"), abs=1e-12
+        )
+    assert nmi(np.zeros(5), np.zeros(5)) == 1.0  # both trivial
+    assert nmi(np.arange(4), np.zeros(4)) == 0.0  # one cluster tells nothing
+    assert nmi(np.array([0, 0, 1, 1]), np.array([7, 7, 3, 3])) == pytest.approx(1.0)  # relabelled
+
+
+def test_pair_f1_equals_brute_force_pair_counting():
+    rng = np.random.default_rng(1)
+    y, k = rng.integers(0, 4, 40), rng.integers(0, 5, 40)
+    tp = same_cluster = same_class = 0
+    for i, j in itertools.combinations(range(40), 2):
+        same_class += y[i] == y[j]
+        same_cluster += k[i] == k[j]
+        tp += (y[i] == y[j]) and (k[i] == k[j])
+    p, r = tp / same_cluster, tp / same_class
+    assert pair_f1(y, k) == pytest.approx(2 * p * r / (p + r), abs=1e-12)
+    assert pair_f1(np.arange(5), np.arange(5)) == 0.0  # no pair anywhere: no true positive
+    assert pair_f1(np.array([0, 0, 1, 1]), np.array([1, 1, 0, 0])) == pytest.approx(1.0)
+
+
+def test_kmeans_equals_sklearn_lloyd_from_the_same_initialisation():
+    from sklearn.cluster import KMeans
+
+    x, _ = clustered(n_classes=10, dim=4, seed=2, min_size=5, max_size=20, spread=1.5)
+    k, seed = 10, 3
+    ours = kmeans(x, k, seed=seed, niter=50).numpy()
+    init = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:k]].double().numpy()
+    theirs = KMeans(k, init=init, n_init=1, max_iter=51, tol=0.0, algorithm="lloyd").fit_predict(
+        x.double().numpy()
+    )
+    assert normalized_mutual_info_score(ours, theirs) == pytest.approx(1.0)
+    # both backends run the same algorithm
+    assert np.array_equal(kmeans(x, k, seed=seed, niter=50, backend="faiss").numpy(), ours)
+    assert np.array_equal(kmeans(x, k, seed=seed, niter=50, chunk=7).numpy(), ours)
+
+
+def test_kmeans_recovers_separated_blobs_and_is_seeded():
+    x, y = clustered(n_classes=6, dim=8, seed=4, min_size=3, max_size=8, spread=0.01)
+    # random initialisation (as faiss / the study) may put two seeds in one blob; seed 4 does not
+    r = metrics.compute(["nmi", "f1", "c_nmi", "c_f1", "ami"], x, y, seed=4)
+    assert all(v == pytest.approx(1.0) for v in r.values())
+    x, y = clustered(n_classes=20, dim=8, seed=5, spread=2.0)
+    a = kmeans(x, 20, seed=1)
+    assert torch.equal(a, kmeans(x, 20, seed=1))
+    assert not torch.equal(a, kmeans(x, 20, seed=2))
+
+
+def test_k_is_the_number_of_classes_of_the_split():
+    x, y = clustered(n_classes=7, dim=4, seed=6, min_size=2)
+    ctx = EvalContext(x, y * 10 + 3)  # arbitrary class ids
+    assert ctx.n_classes == 7
+    assert len(torch.unique(ctx.clusters())) <= 7
+    # more clusters than samples is impossible: k is capped at N
+    assert kmeans(torch.randn(3, 2), 5).max() <= 2
+
+
+def test_spherical_kmeans_ignores_the_length():
+    # two directions, wildly different lengths: cosine k-means separates by direction
+    x = torch.tensor([[1.0, 0.01], [50.0, 0.0], [0.2, 0.0], [0.0, 1.0], [0.01, 30.0], [0.0, 0.1]])
+    y = torch.tensor([0, 0, 0, 1, 1, 1])
+    assert metrics.compute(["c_nmi"], x, y, seed=0)["c_nmi"] == pytest.approx(1.0)
+
+
+def test_nmi_and_ami_agree_with_pytorch_metric_learning_on_the_same_assignment():
+    pytest.importorskip("pytorch_metric_learning")
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+    x, y = clustered(n_classes=15, dim=8, seed=8, min_size=2, max_size=12, spread=1.5)
+    ctx = EvalContext(x, y, seed=4)
+    assignment = ctx.clusters()
+
+    def same_clusters(query, n_clusters):
+        assert n_clusters == 15
+        return assignment.clone()
+
+    calc = AccuracyCalculator(include=("NMI", "AMI"), kmeans_func=same_clusters)
+    theirs = calc.get_accuracy(x, y, x, y, ref_includes_query=True)
+    ours = metrics.compute(["nmi", "ami"], x, y, seed=4)
+    assert ours["nmi"] == pytest.approx(theirs["NMI"], abs=1e-9)
+    assert ours["ami"] == pytest.approx(theirs["AMI"], abs=1e-9)
+    assert ours["ami"] == pytest.approx(
+        adjusted_mutual_info_score(y.numpy(), assignment.numpy(), average_method="arithmetic")
+    )
