@@ -52,6 +52,8 @@ class BatchMiner:
                 f"miner '{self.name}' expects batch (B, D) and labels (B,); got {tuple(batch.shape)} "
                 f"and {tuple(labels.shape)}"
             )
+        if len(labels) == 0:
+            return empty_result(self.tuple_kind, 0, batch.device)
         return self.mine(batch.detach(), labels.to(batch.device))
 
     def mine(self, batch: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -107,11 +109,23 @@ def check_normalized(batch: torch.Tensor, miner: str, atol: float = 1e-2) -> Non
         )
 
 
+def sample_logits(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One column per row, drawn with probability ∝ exp(``logits``) (−inf = never; every row
+    needs one finite entry).
+
+    Gumbel-max trick: argmax(logits + G) with G i.i.d. standard Gumbel is exactly a categorical
+    draw; one ``rand`` plus elementwise ops, several times faster than ``torch.multinomial`` on
+    CPU and free of its normalisation.
+    """
+    if len(logits) == 0:
+        return torch.empty(0, dtype=torch.long, device=logits.device)
+    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
+    return (logits - u.log_().neg_().log_()).argmax(1)
+
+
 def sample_rows(weights: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """One column index per row, drawn with probability ∝ ``weights`` (rows must have mass > 0)."""
-    if len(weights) == 0:
-        return torch.empty(0, dtype=torch.long, device=weights.device)
-    return torch.multinomial(weights, 1, generator=generator).squeeze(1)
+    return sample_logits(weights.log(), generator)
 
 
 def sample_uniform(mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -128,6 +142,20 @@ def sample_uniform(mask: torch.Tensor, generator: torch.Generator) -> torch.Tens
 
 def empty_index(device: torch.device) -> torch.Tensor:
     return torch.empty(0, dtype=torch.long, device=device)
+
+
+def empty_result(kind: str, b: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """ "Nothing mined" in the layout of tuple kind ``kind`` for a batch of ``b`` samples."""
+    if kind == "triplets":
+        return empty_triplets(device)
+    if kind == "pairs":
+        return tuple(empty_index(device) for _ in range(4))
+    mask = torch.zeros(0, b, dtype=torch.bool, device=device)
+    if kind == "npair":
+        return empty_index(device), empty_index(device), mask
+    if kind == "lifted":
+        return empty_index(device), mask, mask.clone()
+    raise ValueError(f"unknown tuple kind '{kind}'")
 
 
 def empty_triplets(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

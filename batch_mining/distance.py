@@ -20,8 +20,8 @@ Deviations from the reference implementation: the upper cut-off is implemented (
 out); d is clipped below 2 so distances ≥ 2 (antipodal points, rounding) cannot give NaN weights;
 inputs must be L2-normalised (checked, with a clear error) since the weights are only meaningful on
 the sphere; an anchor is never its own positive (anchors without a positive are skipped); the
-weights are normalised with a softmax in log space (no overflow for large n); sampling is one
-batched ``torch.multinomial`` on the batch's device instead of B host round-trips.
+weights stay in log space (no overflow for large n); all negatives are drawn at once with the
+Gumbel-max trick (an exact categorical draw) on the batch's device instead of B host round-trips.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from batch_mining.base import (
     check_normalized,
     label_masks,
     pairwise_distances,
-    sample_rows,
+    sample_logits,
     sample_uniform,
 )
 
@@ -55,20 +55,27 @@ def inverse_density_log_weights(dist: torch.Tensor, dim: int, lower_cutoff: floa
     return (2.0 - dim) * torch.log(d) - ((dim - 3.0) / 2.0) * torch.log1p(-0.25 * d * d)
 
 
-def negative_probabilities(
+def negative_logits(
     batch: torch.Tensor, neg: torch.Tensor, lower_cutoff: float, upper_cutoff: float
 ) -> torch.Tensor:
-    """(B, B) distance-weighted sampling probabilities of each negative for each anchor.
+    """(B, B) log of the unnormalised distance-weighted sampling weights of each negative.
 
-    Rows sum to 1, or to 0 for anchors without any negative.
+    Entries that are never drawn are −inf; an anchor whose negatives all lie beyond the upper
+    cut-off gets 0 (uniform) on all its negatives; an anchor without negatives is all −inf.
     """
     dist = pairwise_distances(batch.float())
     log_w = inverse_density_log_weights(dist, batch.shape[1], lower_cutoff)
     inside = neg & (dist < upper_cutoff)
-    # softmax over the allowed entries only; all-masked rows become NaN and are replaced below
-    probs = torch.softmax(log_w.masked_fill(~inside, float("-inf")), dim=1)
-    uniform = neg.float() / neg.sum(1, keepdim=True).clamp_min(1)
-    return torch.where(inside.any(1, keepdim=True), probs, uniform)
+    allowed = torch.where(inside.any(1, keepdim=True), inside, neg)
+    log_w = torch.where(inside.any(1, keepdim=True), log_w, torch.zeros_like(log_w))
+    return log_w.masked_fill_(~allowed, float("-inf"))
+
+
+def negative_probabilities(
+    batch: torch.Tensor, neg: torch.Tensor, lower_cutoff: float, upper_cutoff: float
+) -> torch.Tensor:
+    """(B, B) sampling probabilities of each negative for each anchor (rows sum to 1, or 0)."""
+    return torch.softmax(negative_logits(batch, neg, lower_cutoff, upper_cutoff), 1).nan_to_num_(0.0)
 
 
 class DistanceMiner(BatchMiner):
@@ -88,8 +95,8 @@ class DistanceMiner(BatchMiner):
         gen = self.generator(batch.device)
         pos, neg = label_masks(labels)
         check_normalized(batch, self.name)
-        probs = negative_probabilities(batch, neg, self.hp.lower_cutoff, self.hp.upper_cutoff)
+        logits = negative_logits(batch, neg, self.hp.lower_cutoff, self.hp.upper_cutoff)
         anchors = torch.nonzero(pos.any(1) & neg.any(1)).squeeze(1)
         positives = sample_uniform(pos[anchors], gen)
-        negatives = sample_rows(probs[anchors], gen)
+        negatives = sample_logits(logits[anchors], gen)
         return anchors, positives, negatives

@@ -33,10 +33,10 @@ from batch_mining.base import (
     BatchMiner,
     check_normalized,
     label_masks,
-    sample_rows,
+    sample_logits,
     sample_uniform,
 )
-from batch_mining.distance import negative_probabilities
+from batch_mining.distance import negative_logits
 from utilities.errors import ConfigError
 
 
@@ -66,16 +66,16 @@ class RhoDistanceMiner(BatchMiner):
         gen = self.generator(batch.device)
         check_normalized(batch, self.name)
         pos, neg = label_masks(labels)
-        probs = negative_probabilities(batch, neg, self.hp.lower_cutoff, self.hp.upper_cutoff)
+        logits = negative_logits(batch, neg, self.hp.lower_cutoff, self.hp.upper_cutoff)
         anchors = torch.nonzero(pos.any(1)).squeeze(1)
         positives = sample_uniform(pos[anchors], gen)
         flip = torch.rand(len(anchors), generator=gen, device=batch.device) < self.hp.cp
         keep = flip | neg[anchors].any(1)
         anchors, positives, flip = anchors[keep], positives[keep], flip[keep]
         # rows without any negative only occur for flipped anchors; give them dummy mass
-        rows = probs[anchors]
-        rows[~rows.any(1)] = 1.0
-        negatives = sample_rows(rows, gen)
+        rows = logits[anchors]
+        rows[~neg[anchors].any(1)] = 0.0
+        negatives = sample_logits(rows, gen)
         negatives = torch.where(flip, positives, negatives)
         positives = torch.where(flip, anchors, positives)
         self.count("rho_flips", flip.sum())
