@@ -143,7 +143,7 @@ main() {
         groups) cut -d'|' -f2 <<< "$all" | uniq ;;
         list)
             while IFS='|' read -r ds g seed flags; do
-                X
+                echo "$python main.py $flags --save_path $save $online $extra" | tr -s ' ' | sed 's/ $//'
             done <<< "$all" ;;
         run)
             while IFS='|' read -r ds g seed flags; do

@@ -253,7 +253,7 @@ def evaluate_checkpoint(
     folder (args.json, metrics.csv with the checkpoint's epoch, summary.json) like a training run's."""
     import time
 
-    from evaluation import evaluate_split
+    from evaluation import eval_options, evaluate_split, format_results
     from utilities.logger import RunLogger
 
     start = time.time()
@@ -262,11 +262,17 @@ def evaluate_checkpoint(
     epoch = int(state["epoch"])
     results = {}
     for split, loader in eval_loaders.items():
-        results[split] = evaluate_split(
-            model, loader, opt.evaluation_metrics, device, seed=opt.seed, metric_device=metric_device
+        results[split] = evaluate_split(  # --save_embeddings: embeddings_<split>.npz in the new folder
+            model,
+            loader,
+            opt.evaluation_metrics,
+            device,
+            seed=opt.seed,
+            metric_device=metric_device,
+            **eval_options(opt, split, logger.folder, epoch),
         )
         logger.log(epoch, split, results[split])
-        print(f"{split}: " + ", ".join(f"{k} {results[split][k]:.4f}" for k in opt.evaluation_metrics))
+        print(f"{split}: " + format_results(results[split], opt.evaluation_metrics))
     summary = {
         "evaluate_only": True,
         "checkpoint": str(opt.checkpoint),
