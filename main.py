@@ -10,7 +10,6 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from pathlib import Path
 
 import torch
 
@@ -45,8 +44,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- model, miner, loss, optimiser ----------------------------------------------------------
     model = architectures.select(opt.arch, opt).to(device)
-    if opt.evaluate_only:
-        return run_state.evaluate_checkpoint(model, state, eval_loaders, opt, device, metric_device)
     if opt.evaluate_only:
         return run_state.evaluate_checkpoint(model, state, eval_loaders, opt, device, metric_device)
     batchminer = batch_mining.select(opt.batch_mining, opt) if criteria.requires_miner(opt.loss) else None

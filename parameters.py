@@ -88,12 +88,6 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> None:
                        help="evaluate --checkpoint on the dataset's splits without training")
     setup.add_argument("--checkpoint", default="", metavar="PATH",
                        help="checkpoint_*.pt for --evaluate_only (its run's flags are used unless given)")
-    setup.add_argument("--resume", default="", metavar="RUN_FOLDER",
-                       help="continue this run folder from its checkpoint_last.pt, with its stored flags")
-    setup.add_argument("--evaluate_only", action="store_true",
-                       help="evaluate --checkpoint on the dataset's splits without training")
-    setup.add_argument("--checkpoint", default="", metavar="PATH",
-                       help="checkpoint_*.pt for --evaluate_only (its run's flags are used unless given)")
 
 
 def wandb_parameters(parser: argparse.ArgumentParser) -> None:

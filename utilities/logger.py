@@ -113,15 +113,6 @@ class RunLogger:
             for row in self.rows:
                 self.wandb.log({f"{row['split']}/{k}": v for k, v in row.items() if k not in ("epoch", "split")} | {"epoch": row["epoch"]})
 
-    def restore(self, rows: list[dict[str, Any]]) -> None:
-        """Resume: the checkpoint's rows replace metrics.csv (dropping rows of an unfinished epoch);
-        a new W&B run (same name) gets the history replayed."""
-        self.rows = [dict(r) for r in rows]
-        self._write_csv()
-        if self.wandb is not None:
-            for row in self.rows:
-                self.wandb.log({f"{row['split']}/{k}": v for k, v in row.items() if k not in ("epoch", "split")} | {"epoch": row["epoch"]})
-
     def _write_csv(self) -> None:
         columns: list[str] = []
         for row in self.rows:
