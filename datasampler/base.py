@@ -103,7 +103,8 @@ class ClassIndex:
         if without.shape[1] < k:
             without = torch.cat([without, without[:, :1].expand(n, k - without.shape[1])], 1)
         # with replacement: the r-th allowed member of the row, r uniform
-        r = (torch.rand(n, k, generator=generator) * avail.clamp_min(1)[:, None]).long()
+        n_avail = avail.clamp_min(1)[:, None]
+        r = torch.minimum((torch.rand(n, k, generator=generator) * n_avail).long(), n_avail - 1)
         if exclude is not None:
             r = r + (r >= self.rank[exclude][:, None]).long() * (counts > 1)[:, None].long()
         with_repl = members.gather(1, r.clamp_max(members.shape[1] - 1))
