@@ -1,0 +1,121 @@
+"""Shared pieces of the criteria tests: deterministic stub miners, random inputs, comparison helpers.
+
+The stub miners return *all* valid tuples (or fixed ones), so the tests do not depend on the
+batch_mining package and every reference loop sees exactly the tuples the loss saw.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+
+class FixedMiner:
+    """Returns the tuples it was given, whatever the batch."""
+
+    name = "fixed"
+
+    def __init__(self, kind: str, tuples) -> None:
+        self.tuple_kind = kind
+        self.tuples = tuples
+
+    def __call__(self, batch, labels):
+        return self.tuples
+
+
+class AllTriplets:
+    """Every (a, p, n) with y_a = y_p, a ≠ p, y_n ≠ y_a, in lexicographic order."""
+
+    name, tuple_kind = "all_triplets", "triplets"
+
+    def __call__(self, batch, labels):
+        same = labels[:, None] == labels[None, :]
+        eye = torch.eye(len(labels), dtype=torch.bool)
+        valid = (same & ~eye)[:, :, None] & ~same[:, None, :]
+        a, p, n = torch.nonzero(valid, as_tuple=True)
+        return a, p, n
+
+
+class AllNpair:
+    """Each anchor with a positive; its positive is the next sample of its class (cyclically);
+    negatives: every other-class sample of the reference set."""
+
+    name, tuple_kind = "all_npair", "npair"
+
+    def __call__(self, batch, labels):
+        same = labels[:, None] == labels[None, :]
+        pos = same & ~torch.eye(len(labels), dtype=torch.bool)
+        anchors = torch.nonzero(pos.any(1)).squeeze(1)
+        idx = torch.arange(len(labels))
+        # the first positive after the anchor's own index (wrapping around)
+        order = (idx[None, :] - anchors[:, None]) % len(labels)
+        order = torch.where(pos[anchors], order, len(labels) + 1)
+        positives = order.argmin(1)
+        return anchors, positives, ~same[anchors]
+
+
+class AllLifted:
+    """Each anchor with a positive; all of its positives and negatives."""
+
+    name, tuple_kind = "all_lifted", "lifted"
+
+    def __call__(self, batch, labels):
+        same = labels[:, None] == labels[None, :]
+        pos = same & ~torch.eye(len(labels), dtype=torch.bool)
+        anchors = torch.nonzero(pos.any(1)).squeeze(1)
+        return anchors, pos[anchors], ~same[anchors]
+
+
+STUB_MINERS = {"triplets": AllTriplets, "npair": AllNpair, "lifted": AllLifted}
+
+
+def random_batch(
+    n_classes: int = 4,
+    per_class: int = 3,
+    dim: int = 8,
+    normalize: bool = True,
+    seed: int = 0,
+    dtype=torch.float64,
+    shuffle: bool = True,
+):
+    """(x, labels) with x a float64 leaf requiring grad; labels shuffled so classes interleave."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n_classes * per_class, dim, generator=g, dtype=dtype)
+    if normalize:
+        x = torch.nn.functional.normalize(x, dim=1)
+    labels = torch.arange(n_classes).repeat_interleave(per_class)
+    if shuffle:
+        labels = labels[torch.randperm(len(labels), generator=g)]
+    return x.requires_grad_(), labels
+
+
+def value_and_grads(fn, tensors):
+    """fn() -> scalar; returns (value, grads w.r.t. tensors) without touching .grad."""
+    value = fn()
+    grads = torch.autograd.grad(value, tensors, allow_unused=True)
+    return value.detach(), [
+        g if g is not None else torch.zeros_like(t) for g, t in zip(grads, tensors, strict=True)
+    ]
+
+
+def assert_same_loss_and_grads(
+    ours, reference, tensors, rtol: float = 1e-7, atol: float = 1e-9, nontrivial: bool = True
+):
+    """Loss value and gradients w.r.t. ``tensors`` of two zero-argument callables agree.
+
+    With ``nontrivial`` the reference must have a non-zero value and gradient, so that a test
+    cannot pass on a case where both sides are trivially 0.
+    """
+    v1, g1 = value_and_grads(ours, tensors)
+    v2, g2 = value_and_grads(reference, tensors)
+    if nontrivial:
+        assert float(v2) != 0.0 and float(g2[0].abs().sum()) > 0.0, "degenerate test case"
+    torch.testing.assert_close(v1, v2.to(v1.dtype), rtol=rtol, atol=atol)
+    for a, b in zip(g1, g2, strict=True):
+        torch.testing.assert_close(a, b.to(a.dtype), rtol=rtol, atol=atol)
+    return v1
+
+
+def pairs(n: int):
+    return itertools.product(range(n), range(n))
