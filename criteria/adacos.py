@@ -63,7 +63,7 @@ class AdaCosLoss(nn.Module):
         check_labels(labels, self.hp.n_classes, self.name)
         labels = labels.to(batch.device)
         cos = cosine_logits(batch, self.class_weights)
-        if self.hp.dynamic and self.training:
+        if self.hp.dynamic and self.training and cos.shape[1] > 1:  # one class: no B_avg
             with torch.no_grad():
                 target = one_hot(labels, cos.shape[1]).to(torch.bool)
                 s = self.scale.to(cos.dtype)
