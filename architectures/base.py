@@ -220,8 +220,9 @@ def load_local_weights(module: nn.Module, path: str, arch: str) -> None:
 
     Accepts a bare state dict or one under ``state_dict``/``model``; strips ``module.`` (DDP) and
     ``backbone.`` (a checkpoint of this project's :class:`EmbeddingNet`) prefixes. Keys of the
-    replaced classifier (``fc``, ``last_linear``, ``classifier``, ``head``) are ignored; any missing
-    backbone weight or shape mismatch is a :class:`ConfigError`."""
+    replaced classifier (``fc``, ``last_linear``, ``classifier``, ``head``) are ignored; any missing,
+    unknown or differently shaped backbone weight is a :class:`ConfigError` (the weights of
+    another architecture never load silently)."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise ConfigError(f"--pretrained_path {path}: no such file (a torch state dict for {arch})")
@@ -241,6 +242,7 @@ def load_local_weights(module: nn.Module, path: str, arch: str) -> None:
                 key = key[len(prefix) :]
         cleaned[key] = value
     own = module.state_dict()
+    cleaned = {k: v for k, v in cleaned.items() if not k.startswith(CLASSIFIER_KEYS)}  # replaced anyway
     bad = [k for k, v in cleaned.items() if k in own and own[k].shape != v.shape]
     if bad:
         raise ConfigError(f"--pretrained_path {path} does not fit {arch}: shape mismatch in {bad[:5]}")
@@ -252,6 +254,11 @@ def load_local_weights(module: nn.Module, path: str, arch: str) -> None:
     if missing:
         raise ConfigError(
             f"--pretrained_path {path} does not fit {arch}: {len(missing)} weights missing, e.g. {missing[:5]}"
+        )
+    extra = [k for k in cleaned if k not in own]
+    if extra:
+        raise ConfigError(
+            f"--pretrained_path {path} does not fit {arch}: {len(extra)} unknown weights, e.g. {extra[:5]}"
         )
     module.load_state_dict({k: v for k, v in cleaned.items() if k in own}, strict=False)
 

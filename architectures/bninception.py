@@ -49,14 +49,19 @@ def _bninception_module() -> ModuleType:
     return module
 
 
-class _Features(nn.Module):
-    def __init__(self, net: nn.Module, pooling: str) -> None:
-        super().__init__()
-        self.net = net
-        self.pool = GlobalPool(pooling)
+def _features_class(module: ModuleType) -> type:
+    """BN-Inception whose forward is ``features`` + global pooling; same parameter names as the
+    original, so Cadene's weight file and this backbone's own state dicts load unchanged."""
 
-    def forward(self, x):
-        return self.pool(self.net.features(x))
+    class BNInceptionFeatures(module.BNInception):
+        def __init__(self, pooling: str) -> None:
+            super().__init__(num_classes=1000)
+            self.pool = GlobalPool(pooling)
+
+        def forward(self, x):
+            return self.pool(self.features(x))
+
+    return BNInceptionFeatures
 
 
 class BNInception:
@@ -67,15 +72,15 @@ class BNInception:
 
     @staticmethod
     def build(spec: ArchSpec, opt: argparse.Namespace) -> EmbeddingNet:
-        module = _bninception_module()
+        cls = _features_class(_bninception_module())
 
         def pretrained_init() -> nn.Module:
             import torch.hub
 
-            net = module.BNInception(num_classes=1000)
+            net = cls(spec.pooling)
             net.load_state_dict(torch.hub.load_state_dict_from_url(WEIGHTS_URL, map_location="cpu"))
             return net
 
-        net = build_weights("bninception", opt, lambda: module.BNInception(num_classes=1000), pretrained_init)
+        net = build_weights("bninception", opt, lambda: cls(spec.pooling), pretrained_init)
         net.last_linear = nn.Identity()
-        return EmbeddingNet(_Features(net, spec.pooling), 1024, opt.embed_dim, spec, BNInception.input_config)
+        return EmbeddingNet(net, 1024, opt.embed_dim, spec, BNInception.input_config)

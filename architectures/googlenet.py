@@ -35,7 +35,8 @@ class GoogLeNet:
 
         def pretrained_init() -> nn.Module:
             weights = torchvision.models.GoogLeNet_Weights.IMAGENET1K_V1
-            return torchvision.models.googlenet(weights=weights, aux_logits=False, transform_input=True)
+            # torchvision loads these weights with the auxiliary heads, then drops them
+            return torchvision.models.googlenet(weights=weights, transform_input=True)
 
         net = build_weights("googlenet", opt, random_init, pretrained_init)
         net.avgpool = GlobalPool(spec.pooling, keepdim=True)

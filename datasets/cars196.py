@@ -116,4 +116,5 @@ class Cars196(ImageDataset):
             UserWarning,
             stacklevel=2,
         )
-        return list(range(1, len(names) + 1))
+        half = len(names) // 2  # the first half of the sorted folders train (== ids 1-98 for 196 folders)
+        return [r + 1 if r < half else N_TRAIN_CLASSES + 1 + r - half for r in range(len(names))]

@@ -82,9 +82,9 @@ class CSVDataset(ImageDataset):
                 f"csv: {file} has {has_qg.pop()} but not its partner; give both is_query and is_gallery"
             )
         base = file.parent
-        split = np.asarray([r["split"].strip().lower() for r in rows])
+        split = np.asarray([r["split"].strip().lower() for r in rows], dtype=object)
         split[split == "val"] = "validation"
-        bad = sorted(set(split) - {"train", "test", "validation"})
+        bad = sorted(str(v) for v in set(split) - {"train", "test", "validation"})
         if bad:
             raise ConfigError(f"csv: {file}: unknown split value(s) {bad} (train, test, validation)")
         if not (split == "test").any():

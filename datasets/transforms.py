@@ -44,7 +44,11 @@ class UnreadableImageError(ConfigError):
 def _draft(img: Image.Image, need_w: float, need_h: float, enabled: bool) -> tuple[float, float]:
     """Decode ``img`` (a lazily opened JPEG) at the largest 1/k size that still has at least
     ``need_w`` × ``need_h`` pixels; returns the (x, y) factors new size / original size."""
-    if not enabled or not isinstance(img, JpegImagePlugin.JpegImageFile) or getattr(img, "_im", None) is not None:
+    if (
+        not enabled
+        or not isinstance(img, JpegImagePlugin.JpegImageFile)
+        or getattr(img, "_im", None) is not None
+    ):
         return 1.0, 1.0
     w, h = img.size
     for k in DRAFT_SCALES:
@@ -80,7 +84,8 @@ class RandomResizedCropFast:
 
     def __call__(self, img: Image.Image) -> Image.Image:
         top, left, h, w = T.RandomResizedCrop.get_params(img, self.scale, self.ratio)
-        sx, sy = _draft(img, w / self.size, h / self.size, self.draft)
+        # decoded at 1/k, the box (w/k × h/k) must still hold at least size × size pixels
+        sx, sy = _draft(img, self.size * img.size[0] / w, self.size * img.size[1] / h, self.draft)
         img = _rgb(img)
         if (sx, sy) == (1.0, 1.0):  # exactly torchvision's F.resized_crop on PIL images
             return img.crop((left, top, left + w, top + h)).resize((self.size, self.size), BILINEAR)

@@ -22,31 +22,41 @@ def write_jpeg(path: Path, seed: int, size: tuple[int, int] = SIZE) -> None:
     w, h = size
     base = rng.integers(0, 255, 3)
     gy, gx = np.mgrid[0:h, 0:w]
-    img = (base[None, None, :] + 40 * np.sin(gx[..., None] / 5 + gy[..., None] / 7 + rng.random(3))).clip(0, 255)
+    img = (base[None, None, :] + 40 * np.sin(gx[..., None] / 5 + gy[..., None] / 7 + rng.random(3))).clip(
+        0, 255
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(img.astype(np.uint8)).save(path, quality=90)
 
 
-def _class_images(folder: Path, class_seed: int, n: int, ext: str = ".jpg") -> list[str]:
+def _class_images(
+    folder: Path, class_seed: int, n: int, ext: str = ".jpg", size: tuple[int, int] = SIZE
+) -> list[str]:
     names = []
     for k in range(n):
         name = f"img_{class_seed:04d}_{k}{ext}"
-        write_jpeg(folder / name, class_seed * 100 + k)
+        write_jpeg(folder / name, class_seed * 100 + k, size)
         names.append(name)
     return names
 
 
 # ---- CUB200 -------------------------------------------------------------------------------------
 
-CUB_CLASSES = {1: "Black_footed_Albatross", 2: "Laysan_Albatross", 3: "Sooty_Albatross",
-               101: "White_Pelican", 102: "Western_Wood_Pewee", 103: "Sayornis"}
+CUB_CLASSES = {
+    1: "Black_footed_Albatross",
+    2: "Laysan_Albatross",
+    3: "Sooty_Albatross",
+    101: "White_Pelican",
+    102: "Western_Wood_Pewee",
+    103: "Sayornis",
+}
 PER_CLASS = 4
 
 
-def make_cub_study(root: Path, per_class: int = PER_CLASS) -> dict:
+def make_cub_study(root: Path, per_class: int = PER_CLASS, size: tuple[int, int] = SIZE) -> dict:
     base = root / "cub200" / "images"
     for cid, name in CUB_CLASSES.items():
-        _class_images(base / f"{cid:03d}.{name}", cid, per_class)
+        _class_images(base / f"{cid:03d}.{name}", cid, per_class, size=size)
     (base / "001.Black_footed_Albatross" / "._img_0001_0.jpg").write_bytes(b"\0resource fork")
     return _cub_expected(per_class)
 
@@ -71,15 +81,25 @@ def make_cub_official(root: Path, per_class: int = PER_CLASS, nested: bool = Tru
 def _cub_expected(per_class: int) -> dict:
     train = [c for c in CUB_CLASSES if c <= 100]
     test = [c for c in CUB_CLASSES if c > 100]
-    return {"train_classes": len(train), "test_classes": len(test),
-            "train_images": len(train) * per_class, "test_images": len(test) * per_class}
+    return {
+        "train_classes": len(train),
+        "test_classes": len(test),
+        "train_images": len(train) * per_class,
+        "test_images": len(test) * per_class,
+    }
 
 
 # ---- CARS196 ------------------------------------------------------------------------------------
 
 # Official ids: alphabetical order of these names differs from the id order on purpose.
-CARS_CLASSES = {1: "Zeta Roadster 2012", 2: "Acura RL Sedan 2012", 3: "Mazda Tribute SUV 2011",
-                99: "BMW M3 Coupe 2012", 100: "Audi TT RS Coupe 2012", 101: "Bugatti Veyron 16.4 Coupe 2009"}
+CARS_CLASSES = {
+    1: "Zeta Roadster 2012",
+    2: "Acura RL Sedan 2012",
+    3: "Mazda Tribute SUV 2011",
+    99: "BMW M3 Coupe 2012",
+    100: "Audi TT RS Coupe 2012",
+    101: "Bugatti Veyron 16.4 Coupe 2009",
+}
 
 
 def _cars_names_array() -> np.ndarray:
@@ -101,10 +121,19 @@ def make_cars_official(root: Path, per_class: int = PER_CLASS) -> dict:
             rel = f"car_ims/{n:06d}.jpg"
             write_jpeg(base / rel, cid * 100 + k)
             records.append((rel, 1, 1, 30, 20, cid, k % 2))
-    dtype = [("relative_im_path", "O"), ("bbox_x1", "O"), ("bbox_y1", "O"), ("bbox_x2", "O"),
-             ("bbox_y2", "O"), ("class", "O"), ("test", "O")]
+    dtype = [
+        ("relative_im_path", "O"),
+        ("bbox_x1", "O"),
+        ("bbox_y1", "O"),
+        ("bbox_x2", "O"),
+        ("bbox_y2", "O"),
+        ("class", "O"),
+        ("test", "O"),
+    ]
     annotations = np.array(records, dtype=dtype)
-    scipy.io.savemat(str(base / "cars_annos.mat"), {"annotations": annotations, "class_names": _cars_names_array()})
+    scipy.io.savemat(
+        str(base / "cars_annos.mat"), {"annotations": annotations, "class_names": _cars_names_array()}
+    )
     return _cars_expected(per_class)
 
 
@@ -123,9 +152,13 @@ def make_cars_study(root: Path, per_class: int = PER_CLASS, with_meta: bool = Tr
 def _cars_expected(per_class: int) -> dict:
     train = [c for c in CARS_CLASSES if c <= 98]
     test = [c for c in CARS_CLASSES if c > 98]
-    return {"train_classes": len(train), "test_classes": len(test),
-            "train_images": len(train) * per_class, "test_images": len(test) * per_class,
-            "train_names": {CARS_CLASSES[c] for c in train}}
+    return {
+        "train_classes": len(train),
+        "test_classes": len(test),
+        "train_images": len(train) * per_class,
+        "test_images": len(test) * per_class,
+        "train_names": {CARS_CLASSES[c] for c in train},
+    }
 
 
 # ---- Stanford Online Products ---------------------------------------------------------------------
@@ -152,8 +185,15 @@ def make_sop(root: Path, layout: str = "study", per_class: int = 3) -> dict:
             write_jpeg(images / rel, cid * 100 + k)
             rows[split].append(f"{image_id} {cid} {super_id} {rel}")
     for split, lines in rows.items():
-        (info / f"Ebay_{split}.txt").write_text("image_id class_id super_class_id path\n" + "\n".join(lines) + "\n")
-    return {"train_classes": 4, "test_classes": 4, "train_images": 4 * per_class, "test_images": 4 * per_class}
+        (info / f"Ebay_{split}.txt").write_text(
+            "image_id class_id super_class_id path\n" + "\n".join(lines) + "\n"
+        )
+    return {
+        "train_classes": 4,
+        "test_classes": 4,
+        "train_images": 4 * per_class,
+        "test_images": 4 * per_class,
+    }
 
 
 # ---- In-Shop ----------------------------------------------------------------------------------------
@@ -189,7 +229,12 @@ def make_folder(root: Path, layout: str = "split") -> dict:
     if layout == "split":
         for split, classes in (("train", ["ant", "bee", "cat"]), ("test", ["dog", "eel"])):
             for i, c in enumerate(classes):
-                _class_images(base / split / c, (7 if split == "test" else 0) + i, 3, ext=".png" if c == "bee" else ".jpg")
+                _class_images(
+                    base / split / c,
+                    (7 if split == "test" else 0) + i,
+                    3,
+                    ext=".png" if c == "bee" else ".jpg",
+                )
         return {"train_classes": 3, "test_classes": 2, "train_images": 9, "test_images": 6}
     for i, c in enumerate(["ant", "bee", "cat", "dog"]):
         _class_images(base / c, i, 3)
@@ -210,5 +255,10 @@ def make_csv(root: Path, query_gallery: bool = True, name: str = "dataset.csv") 
             rows.append(f"{rel},{10 * label},{split}{extra}")
     base.mkdir(parents=True, exist_ok=True)
     (base / name).write_text("\n".join(rows) + "\n")
-    return {"train_classes": 3, "test_classes": 3, "train_images": 9, "test_images": 9,
-            "queries": 3 if query_gallery else None}
+    return {
+        "train_classes": 3,
+        "test_classes": 3,
+        "train_images": 9,
+        "test_images": 9,
+        "queries": 3 if query_gallery else None,
+    }
