@@ -18,7 +18,7 @@ import batch_mining
 import criteria
 import datasampler
 import datasets
-from evaluation import evaluate_split
+from evaluation import eval_options, evaluate_split, format_results, should_evaluate
 from evaluation.selection import improved, selection_split
 from utilities import checkpoint, run_state
 from utilities.errors import ConfigError
@@ -78,12 +78,14 @@ def main(argv: list[str] | None = None) -> dict:
         logger.log(epoch, "training", stats)
         line = [f"Epoch {epoch}: loss {stats['loss']:.4f} ({stats['train_time']:.1f}s)"]
         for split, loader in eval_loaders.items():
-            results = evaluate_split(model, loader, opt.evaluation_metrics, device,
-                                     seed=opt.seed, metric_device=metric_device)
+            if not should_evaluate(split, epoch, opt):  # --train_eval_every: None keeps history per epoch
+                history[split].append(None)
+                continue
+            results = evaluate_split(model, loader, opt.evaluation_metrics, device, seed=opt.seed,
+                                     metric_device=metric_device, **eval_options(opt, split, logger.folder, epoch))
             history[split].append(results)
             logger.log(epoch, split, results)
-            line.append(f"{split}: " + ", ".join(
-                f"{k} {v:.4f}" for k, v in results.items() if k in opt.evaluation_metrics))
+            line.append(f"{split}: " + format_results(results, opt.evaluation_metrics))
         print(" | ".join(line))
         scheduler.step()
         run_state.kill_point(f"logged:{epoch}")
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     if best_epoch is not None:
         best = summary["metrics"]["testing"]
         print(f"Selected epoch {best_epoch} on {select_on} {select_metric}; testing: "
-              + ", ".join(f"{k} {best[k]:.4f}" for k in opt.evaluation_metrics))
+              + format_results(best, opt.evaluation_metrics))
     return summary
 
 

@@ -12,9 +12,24 @@ from __future__ import annotations
 import argparse
 import os
 
-DEFAULT_METRICS = [
-    "e_recall@1", "e_recall@2", "e_recall@4", "nmi", "f1", "mAP@R",
+DEFAULT_METRICS = [  # the study's default list (mAP variants fixed, see metrics/) + MAP@R family
+    "e_recall@1", "e_recall@2", "e_recall@4", "nmi", "f1", "mAP_1000", "mAP_lim", "mAP_c",
+    "dists@intra", "dists@inter", "dists@intra_over_inter",
+    "rho_spectrum@0", "rho_spectrum@-1", "rho_spectrum@1", "rho_spectrum@2", "rho_spectrum@10",
+    "mAP@R", "r_precision", "precision@1",
 ]
+
+
+def metric_name(name: str) -> str:
+    """argparse type of --evaluation_metrics: an unknown metric fails at parse time, not after an epoch."""
+    import metrics
+    from utilities.errors import ConfigError
+
+    try:
+        metrics.parse(name)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return name
 
 
 def basic_training_parameters(parser: argparse.ArgumentParser) -> None:
@@ -69,11 +84,20 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> None:
     net.add_argument("--channels_last", action="store_true", help="NHWC memory format for the backbone")
 
     ev = parser.add_argument_group("evaluation")
-    ev.add_argument("--evaluation_metrics", nargs="+", default=DEFAULT_METRICS, help="metrics computed per split")
+    ev.add_argument("--evaluation_metrics", nargs="+", type=metric_name, default=DEFAULT_METRICS,
+                    help="metrics computed per split (<family>[@param], see metrics/)")
     ev.add_argument("--storage_metrics", nargs="+", default=["e_recall@1"],
                     help="the first one selects the best epoch (on validation if present, else test)")
     ev.add_argument("--evaluate_on_gpu", action="store_true", help="compute the metrics on the training device")
     ev.add_argument("--no_train_metrics", action="store_true", help="do not evaluate the training split")
+    ev.add_argument("--train_eval_every", type=int, default=1,
+                    help="evaluate the training split only every k epochs (and at the last epoch)")
+    ev.add_argument("--save_embeddings", action="store_true",
+                    help="write <run>/embeddings_<split>.npz at every evaluation (for python -m evaluation)")
+    ev.add_argument("--eval_backend", default="auto", choices=["auto", "torch", "faiss"],
+                    help="kNN / k-means backend: auto = faiss on CPU, torch on CUDA (same numbers)")
+    ev.add_argument("--eval_chunk", type=int, default=0,
+                    help="query rows per distance block of the kNN search (0: ~128 MB blocks)")
 
     setup = parser.add_argument_group("setup")
     setup.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

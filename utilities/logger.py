@@ -103,6 +103,25 @@ class RunLogger:
         self._write_csv()
         if self.wandb is not None:
             self.wandb.log({f"{split}/{k}": v for k, v in row.items() if k not in ("epoch", "split")} | {"epoch": epoch})
+        self._log_arrays(epoch, split, {k: v for k, v in values.items() if isinstance(v, (list, tuple))})
+
+    def _log_arrays(self, epoch: int, split: str, arrays: dict[str, Any]) -> None:
+        """Array metrics (e.g. ``rho_spectrum@0``) do not fit the CSV: one JSON line per evaluation
+        in ``metrics_arrays.jsonl``, and a W&B histogram (plus one of log(value), as the study did)."""
+        if not arrays:
+            return
+        with (self.folder / "metrics_arrays.jsonl").open("a") as f:
+            f.write(json.dumps({"epoch": epoch, "split": split, **{k: list(v) for k, v in arrays.items()}}) + "\n")
+        if self.wandb is not None:
+            import numpy as np
+            import wandb
+
+            hist = {}
+            for k, v in arrays.items():
+                values = np.asarray(v, dtype=np.float64)
+                hist[f"{split}/{k}"] = wandb.Histogram(values)
+                hist[f"{split}/LOG-{k}"] = wandb.Histogram(np.log(np.clip(values, 1e-300, None)))
+            self.wandb.log(hist | {"epoch": epoch})
 
     def restore(self, rows: list[dict[str, Any]]) -> None:
         """Resume: the checkpoint's rows replace metrics.csv (dropping rows of an unfinished epoch);
