@@ -31,7 +31,7 @@ class AllTriplets:
 
     def __call__(self, batch, labels):
         same = labels[:, None] == labels[None, :]
-        eye = torch.eye(len(labels), dtype=torch.bool)
+        eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
         valid = (same & ~eye)[:, :, None] & ~same[:, None, :]
         a, p, n = torch.nonzero(valid, as_tuple=True)
         return a, p, n
@@ -45,9 +45,9 @@ class AllNpair:
 
     def __call__(self, batch, labels):
         same = labels[:, None] == labels[None, :]
-        pos = same & ~torch.eye(len(labels), dtype=torch.bool)
+        pos = same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
         anchors = torch.nonzero(pos.any(1)).squeeze(1)
-        idx = torch.arange(len(labels))
+        idx = torch.arange(len(labels), device=labels.device)
         # the first positive after the anchor's own index (wrapping around)
         order = (idx[None, :] - anchors[:, None]) % len(labels)
         order = torch.where(pos[anchors], order, len(labels) + 1)
@@ -62,7 +62,7 @@ class AllLifted:
 
     def __call__(self, batch, labels):
         same = labels[:, None] == labels[None, :]
-        pos = same & ~torch.eye(len(labels), dtype=torch.bool)
+        pos = same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
         anchors = torch.nonzero(pos.any(1)).squeeze(1)
         return anchors, pos[anchors], ~same[anchors]
 

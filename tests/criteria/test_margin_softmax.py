@@ -332,7 +332,7 @@ def test_adaface_matches_loop_and_updates_statistics():
     m, h, s, a, eps = 0.4, 0.333, 64.0, 0.01, 1e-3
     loss = AdaFaceLoss(n_classes=C, embed_dim=D, margin=m, h=h, scale=s, momentum=a).double()
     w = loss.class_weights
-    norms = [float(x[i].norm()) for i in range(len(x))]
+    norms = [float(x[i].detach().norm()) for i in range(len(x))]
     mean_b = sum(norms) / len(norms)
     std_b = math.sqrt(sum((v - mean_b) ** 2 for v in norms) / (len(norms) - 1))
     mu, sigma = a * mean_b + (1 - a) * 20.0, a * std_b + (1 - a) * 100.0  # updated before use

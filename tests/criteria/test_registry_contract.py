@@ -18,6 +18,7 @@ import criteria
 import parameters
 from criteria._common import LIFTED, NPAIR, PAIRS, TRIPLETS
 from criteria.xbm import CrossBatchMemory
+from tests.conftest import requires_cuda
 from tests.criteria.helpers import STUB_MINERS, FixedMiner
 from utilities.errors import ConfigError
 
@@ -174,3 +175,52 @@ def test_xbm_flag_wraps_supported_losses_and_refuses_others(opt):
     assert [g["name"] for g in mined.param_groups()] == ["margin_beta"]
     with pytest.raises(ConfigError, match="--xbm_size needs a pair- or tuple-based loss; 'arcface'"):
         build("arcface", opt)
+
+
+@pytest.mark.parametrize("name,xbm", [("proxyanchor", 0), ("softtriplet", 0), ("margin", 0), ("margin", 16)])
+def test_optimizer_groups_and_checkpoint_file_round_trip(name, xbm, opt, tmp_path):
+    """The path main.py takes: build_optimizer adds the loss's groups; the checkpoint holds them."""
+    from utilities.training import build_optimizer
+
+    opt.xbm_size = xbm
+    model = torch.nn.Linear(16, 16)
+    criterion = build(name, opt)
+    optimizer = build_optimizer(model, criterion, opt)
+    names = [g.get("name") for g in optimizer.param_groups]
+    expected = {
+        "proxyanchor": "proxyanchor_proxies",
+        "softtriplet": "softtriplet_centroids",
+        "margin": "margin_beta",
+    }
+    assert names[0] == "network" and expected[name] in names
+    group = optimizer.param_groups[names.index(expected[name])]
+    assert group["weight_decay"] == 0.0 and group["lr"] == criterion.param_groups()[0]["lr"]
+    x, labels = batch()
+    criterion(model(x), labels).backward()
+    optimizer.step()
+    torch.save(
+        {"criterion": criterion.state_dict(), "optimizer": optimizer.state_dict()}, tmp_path / "ckpt.pt"
+    )
+    state = torch.load(tmp_path / "ckpt.pt")
+    restored = build(name, opt)
+    restored.load_state_dict(state["criterion"])
+    for key, value in criterion.state_dict().items():
+        assert torch.equal(restored.state_dict()[key], value), key
+
+
+@pytest.mark.cuda
+@requires_cuda
+@pytest.mark.parametrize("name", NAMES)
+def test_cuda_matches_cpu(name, opt):
+    """Same loss and gradient on CUDA (embeddings, labels and parameters on the GPU) as on CPU."""
+    torch.manual_seed(0)
+    cpu = build(name, opt).double().eval()
+    gpu = build(name, opt).double().eval()
+    gpu.load_state_dict(cpu.state_dict())
+    gpu = gpu.cuda()
+    x, labels = batch(torch.float64)
+    xg = x.detach().cuda().requires_grad_()
+    value_cpu, value_gpu = cpu(x, labels), gpu(xg, labels.cuda())
+    (grad_cpu,), (grad_gpu,) = torch.autograd.grad(value_cpu, [x]), torch.autograd.grad(value_gpu, [xg])
+    torch.testing.assert_close(value_gpu.cpu(), value_cpu)
+    torch.testing.assert_close(grad_gpu.cpu(), grad_cpu)
