@@ -160,6 +160,8 @@ def pick_without_class_repeats(
     """
     picked = torch.zeros(len(same_class), dtype=torch.bool)
     blocked = torch.zeros_like(picked)
+    # k-center greedy and D² seeding are sequential by definition (each pick depends on the previous
+    # ones): one small vectorised step per pick, bs / K steps per batch
     picks, last = [first], first
     picked[first] = True
     blocked |= same_class[first]
