@@ -190,9 +190,6 @@ class EvalContext:
                     seed=self.seed,
                     niter=self.kmeans_iter,
                     spherical=view == "cosine",
-                    backend="faiss"
-                    if self.backend in ("faiss", "auto") and self.device.type == "cpu"
-                    else "torch",
                     chunk=self.chunk,
                 )
         return self._clusters[view]

@@ -1,0 +1,217 @@
+"""Evaluation benchmark: the full metric set at CUB, CARS and SOP scale vs pytorch-metric-learning.
+
+    .venv/bin/python benchmarks/bench_eval.py [--scales cub cars sop] [--threads 2] [--no_pml]
+
+Seeded synthetic clustered embeddings (L2-normalised, like the ``_normalize`` architectures):
+
+* CUB scale:  5,924 × 128, 100 classes (~59 per class);
+* CARS scale: 8,131 × 128, 98 classes (~83 per class);
+* SOP scale: 60,502 × 128, 11,316 classes of 2-12 samples.
+
+Ours computes the study's default metric list (``parameters.DEFAULT_METRICS``: e_recall@1,2,4,
+nmi, f1, mAP_1000, mAP_lim, mAP_c, dists@*, rho_spectrum@0,-1,1,2,10) plus mAP@R, r_precision and
+precision@1 (and e_recall@10,100,1000 at SOP scale). pytorch-metric-learning's
+``AccuracyCalculator`` runs its default metrics (precision_at_1, r_precision, MAP@R, mean AP,
+MRR, NMI, AMI) with ``k="max_bin_count"`` (its default ``k=None`` means k = N, an N×N result that
+does not fit in memory at SOP scale) on the same data. Every measurement runs in a fresh process
+(so ``ru_maxrss`` is that run's peak); "extra memory" = peak RSS − RSS with the data loaded.
+Prints a timing table (total and per stage) and the metric values side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SCALES = {
+    "cub": {"n": 5924, "classes": 100, "sizes": None},
+    "cars": {"n": 8131, "classes": 98, "sizes": None},
+    "sop": {"n": 60502, "classes": 11316, "sizes": (2, 12)},
+}
+DIM = 128
+
+
+def make_data(scale: str, seed: int = 0):
+    """Seeded clustered unit-norm embeddings and labels at one scale."""
+    import numpy as np
+
+    spec = SCALES[scale]
+    rng = np.random.default_rng(seed)
+    n, c = spec["n"], spec["classes"]
+    if spec["sizes"] is None:
+        labels = np.arange(n) % c
+    else:
+        lo, hi = spec["sizes"]
+        sizes = np.full(c, lo)
+        extra = n - sizes.sum()
+        # distribute the remaining samples at random without exceeding hi per class
+        while extra > 0:
+            room = np.flatnonzero(sizes < hi)
+            pick = rng.choice(room, size=min(extra, len(room)), replace=False)
+            sizes[pick] += 1
+            extra -= len(pick)
+        labels = np.repeat(np.arange(c), sizes)
+    labels = rng.permutation(labels)
+    centres = rng.normal(size=(c, DIM)) / np.sqrt(DIM)
+    x = centres[labels] + 0.07 * rng.normal(size=(n, DIM))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32), labels.astype(np.int64)
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def metric_names(scale: str) -> list[str]:
+    import parameters
+
+    names = list(parameters.DEFAULT_METRICS)
+    if scale == "sop":
+        names += ["e_recall@10", "e_recall@100", "e_recall@1000"]
+    return names
+
+
+def run_ours(scale: str, threads: int, backend: str) -> dict:
+    import faiss
+    import torch
+
+    import metrics
+
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+    x, y = make_data(scale)
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    base = rss_mb()
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    values = metrics.compute(metric_names(scale), x, y, seed=1, backend=backend, timings=timings)
+    total = time.perf_counter() - start
+    stages = {k: round(v, 3) for k, v in timings.items()}
+    stages["metrics"] = round(total - sum(timings.values()), 3)
+    values = {k: v for k, v in values.items() if not metrics.is_array(v)}
+    return {"total": total, "stages": stages, "extra_mb": peak_mb() - base, "values": values}
+
+
+def run_pml(scale: str, threads: int) -> dict:
+    import faiss
+    import torch
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+    x, y = make_data(scale)
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    base = rss_mb()
+    calc = AccuracyCalculator(k="max_bin_count")
+    start = time.perf_counter()
+    values = calc.get_accuracy(x, y, x, y, ref_includes_query=True)
+    total = time.perf_counter() - start
+    return {"total": total, "extra_mb": peak_mb() - base, "values": {k: float(v) for k, v in values.items()}}
+
+
+def in_subprocess(kind: str, scale: str, threads: int, backend: str) -> dict:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--_worker",
+        kind,
+        "--scales",
+        scale,
+        "--threads",
+        str(threads),
+        "--backend",
+        backend,
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--scales", nargs="+", default=list(SCALES), choices=list(SCALES))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "faiss"])
+    p.add_argument("--no_pml", action="store_true")
+    p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
+    opt = p.parse_args()
+    if opt._worker:
+        fn = run_ours if opt._worker == "ours" else run_pml
+        args = (
+            (opt.scales[0], opt.threads, opt.backend)
+            if opt._worker == "ours"
+            else (opt.scales[0], opt.threads)
+        )
+        print(json.dumps(fn(*args)))
+        return
+
+    results = {}
+    for scale in opt.scales:
+        ours = in_subprocess("ours", scale, opt.threads, opt.backend)
+        pml = None if opt.no_pml else in_subprocess("pml", scale, opt.threads, opt.backend)
+        results[scale] = (ours, pml)
+
+    print(f"\nthreads={opt.threads}, backend={opt.backend}, D={DIM}; times in seconds, memory in MB")
+    stages = sorted({s for ours, _ in results.values() for s in ours["stages"]})
+    head = [
+        "scale",
+        "N",
+        "#metrics",
+        "ours total",
+        *stages,
+        "ours extra MB",
+        "PML total",
+        "PML extra MB",
+        "PML / ours",
+    ]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for scale, (ours, pml) in results.items():
+        row = [
+            scale,
+            str(SCALES[scale]["n"]),
+            str(len(metric_names(scale))),
+            f"{ours['total']:.2f}",
+            *(f"{ours['stages'].get(s, 0.0):.2f}" for s in stages),
+            f"{ours['extra_mb']:.0f}",
+        ]
+        if pml:
+            row += [f"{pml['total']:.2f}", f"{pml['extra_mb']:.0f}", f"{pml['total'] / ours['total']:.1f}x"]
+        else:
+            row += ["-", "-", "-"]
+        print("| " + " | ".join(row) + " |")
+
+    pairs = [
+        ("precision@1", "precision_at_1"),
+        ("r_precision", "r_precision"),
+        ("mAP@R", "mean_average_precision_at_r"),
+        ("nmi", "NMI"),
+    ]
+    print("\nmetric values (ours | PML, same data; NMI: each its own k-means)")
+    for scale, (ours, pml) in results.items():
+        shared = ", ".join(
+            f"{a} {ours['values'][a]:.4f} | {pml['values'][b]:.4f}"
+            for a, b in pairs
+            if pml and a in ours["values"]
+        )
+        print(f"{scale}: {shared}")
+        print(f"{scale} (ours, all): " + ", ".join(f"{k} {v:.4f}" for k, v in ours["values"].items()))
+        if pml:
+            print(f"{scale} (PML, all): " + ", ".join(f"{k} {v:.4f}" for k, v in pml["values"].items()))
+
+
+if __name__ == "__main__":
+    main()
