@@ -26,9 +26,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.nn.functional import one_hot
 
-from criteria._common import check_labels, cosine_logits, masked_logsumexp
+from criteria._common import check_labels, cosine_logits
 
 
 @dataclass
@@ -68,6 +67,8 @@ class ProxyNCALoss(nn.Module):
         check_labels(labels, self.hp.n_classes, self.name)
         labels = labels.to(batch.device)
         dist = 2.0 * self.hp.scale**2 * (1.0 - cosine_logits(batch, self.proxies))
-        positive = one_hot(labels, self.hp.n_classes).to(torch.bool)
         d_pos = dist.gather(1, labels[:, None]).squeeze(1)
-        return (d_pos + masked_logsumexp(-dist, ~positive)).mean()
+        if self.hp.n_classes == 1:  # no negative proxy
+            return d_pos.mean()
+        negatives = (-dist).scatter(1, labels[:, None], float("-inf"))
+        return (d_pos + torch.logsumexp(negatives, dim=1)).mean()

@@ -10,10 +10,10 @@ cos θ_ic = max_k x̂_iᵀŵ_{c,k}, and the loss is ArcFace on those cosines:
     L = mean_i CE(logit_i, y_i)
 
 K = ``--loss_subcenter_arcface_sub_centers`` (3), s = ``--loss_subcenter_arcface_scale`` (64),
-m = ``--loss_subcenter_arcface_margin`` (0.5 rad), the paper's values. The (C·K) × D weights (row
-c·K + k is sub-centre k of class c) are initialised U(±1/√D) and learned with
+m = ``--loss_subcenter_arcface_margin`` (0.5 rad), the paper's values. The (K·C) × D weights (row
+k·C + c is sub-centre k of class c) are initialised U(±1/√D) and learned with
 ``--loss_subcenter_arcface_lr`` (5e-4), no weight decay. Equal to pytorch-metric-learning's
-SubCenterArcFaceLoss. The paper's later step of dropping non-dominant sub-centres and outliers is
+SubCenterArcFaceLoss (its weight column c·K + k is our row k·C + c). The paper's later step of dropping non-dominant sub-centres and outliers is
 not included. Not part of the study. Memory O(B·C·K).
 """
 
@@ -74,6 +74,7 @@ class SubCenterArcFaceLoss(nn.Module):
         check_labels(labels, self.hp.n_classes, self.name)
         labels = labels.to(batch.device)
         cos = cosine_logits(batch, self.class_weights)
-        cos = cos.view(len(batch), self.hp.n_classes, self.hp.sub_centers).amax(dim=2)
+        # sub-centre-major layout (B, K, C): the max over K runs across contiguous C-long rows
+        cos = cos.view(len(batch), self.hp.sub_centers, self.hp.n_classes).amax(dim=1)
         target = additive_angular_margin(cos.gather(1, labels[:, None]).squeeze(1), self.hp.margin)
         return cross_entropy(self.hp.scale * replace_target(cos, labels, target), labels)

@@ -184,7 +184,9 @@ def test_subcenter_arcface_matches_loop_and_pml():
         terms = []
         for i in range(len(x)):
             y = int(labels[i])
-            cos = [torch.stack([_cos(x, w, i, c * K + k) for k in range(K)]).max() for c in range(C)]
+            cos = [
+                torch.stack([_cos(x, w, i, k * C + c) for k in range(K)]).max() for c in range(C)
+            ]  # row k·C + c
             terms.append(_ce([64.0 * (_arc_target(cos[c], 0.5) if c == y else cos[c]) for c in range(C)], y))
         return torch.stack(terms).mean()
 
@@ -192,7 +194,13 @@ def test_subcenter_arcface_matches_loop_and_pml():
     pml = losses.SubCenterArcFaceLoss(
         num_classes=C, embedding_size=D, margin=math.degrees(0.5), scale=64, sub_centers=K
     )
-    _check_against_pml(loss, pml, x, labels)
+    to_pml = torch.arange(C * K).view(K, C).T.reshape(-1)  # PML column c·K + k is our row k·C + c
+    pml.W = torch.nn.Parameter(w.detach()[to_pml].T.clone())
+    v1, (gx1, gw1) = value_and_grads(lambda: loss(x, labels), [x, w])
+    v2, (gx2, gw2) = value_and_grads(lambda: pml(x, labels), [x, pml.W])
+    torch.testing.assert_close(v1, v2)
+    torch.testing.assert_close(gx1, gx2)
+    torch.testing.assert_close(gw1[to_pml], gw2.T)
 
 
 # ---- adacos -------------------------------------------------------------------------------------

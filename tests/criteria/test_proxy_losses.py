@@ -137,20 +137,20 @@ def test_softmax_matches_loop_and_pml():
 
 # ---- softtriplet --------------------------------------------------------------------------------
 def _softtriple_ref(x, labels, centroids, C, K, la, gamma, delta, tau):
-    w = [_unit(centroids[j]) for j in range(C * K)]
+    w = {(c, k): _unit(centroids[k * C + c]) for c in range(C) for k in range(K)}  # row k·C + c
     terms = []
     for i in range(len(x)):
         xi = _unit(x[i])
         logits = []
         for c in range(C):
-            s = torch.stack([xi @ w[c * K + k] for k in range(K)])
+            s = torch.stack([xi @ w[c, k] for k in range(K)])
             p = torch.softmax(s / gamma, 0)  # softmax over the class's K centres, multiplier 1/γ
             logits.append(la * ((p * s).sum() - (delta if c == labels[i] else 0.0)))
         terms.append(_ce(logits, int(labels[i])))
     loss = torch.stack(terms).mean()
     if K > 1:
         reg = sum(
-            torch.sqrt(2 + 1e-5 - 2 * w[c * K + k] @ w[c * K + j])
+            torch.sqrt(2 + 1e-5 - 2 * w[c, k] @ w[c, j])
             for c in range(C)
             for k in range(K)
             for j in range(k + 1, K)
@@ -178,12 +178,14 @@ def test_softtriplet_classification_term_matches_pml():
     pml = losses.SoftTripleLoss(
         num_classes=C, embedding_size=D, centers_per_class=K, la=20, gamma=0.1, margin=0.01
     )
-    pml.fc = torch.nn.Parameter(loss.centroids.detach().T.clone())
+    # PML's centre column c·K + k is our row k·C + c
+    to_pml = torch.arange(C * K).view(K, C).T.reshape(-1)
+    pml.fc = torch.nn.Parameter(loss.centroids.detach()[to_pml].T.clone())
     v1, (gx1, gw1) = value_and_grads(lambda: loss(x, labels), [x, loss.centroids])
     v2, (gx2, gw2) = value_and_grads(lambda: pml(x, labels), [x, pml.fc])
     torch.testing.assert_close(v1, v2)
     torch.testing.assert_close(gx1, gx2)
-    torch.testing.assert_close(gw1, gw2.T)
+    torch.testing.assert_close(gw1[to_pml], gw2.T)
 
 
 def test_softtriplet_reads_lrmulti_and_reference_defaults():
