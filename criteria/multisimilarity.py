@@ -3,7 +3,7 @@
 Wang, Han, Huang, Dong, Scott. "Multi-Similarity Loss with General Pair Weighting for Deep Metric
 Learning." CVPR 2019. https://arxiv.org/abs/1904.06627
 
-With cosine similarities S = x xᵀ (x L2-normalised by the architecture), for each anchor i with
+With cosine similarities S = x̂ x̂ᵀ (x̂ = x/‖x‖, normalised inside), for each anchor i with
 positives P_i (same label, j ≠ i) and negatives N_i, pairs are first mined (paper eq. 9-10):
 
     keep n ∈ N_i  if  S_in + ε > min_{p ∈ P_i} S_ip
@@ -20,7 +20,9 @@ the sum is divided by the batch size B, as in the authors' code.
 
 Deviations from the reference implementation: vectorised with masks and ``logsumexp`` (log(1 + Σ e^z)
 computed stably) instead of a loop over anchors; the reference averaged over the surviving anchors
-only and crashed when none survived (its issue #3); here that case is a differentiable 0.
+only and crashed when none survived (its issue #3); here that case is a differentiable 0. The
+embeddings are normalised inside (the reference relied on the architecture; for normalised input
+the value is unchanged).
 pytorch-metric-learning's MultiSimilarityMiner + MultiSimilarityLoss keep the term of an anchor
 whose other set is empty; the authors' code (followed here) skips such an anchor.
 ``cross_loss`` lets the cross-batch memory (criteria/xbm.py) supply extra positives/negatives.
@@ -32,6 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.nn.functional import normalize
 
 from criteria._common import cross_label_masks
 
@@ -73,7 +76,7 @@ class MultiSimilarityLoss(nn.Module):
     ) -> torch.Tensor:
         """Anchors ``queries`` (= the first rows of ``ref``) against all of ``ref``."""
         hp = self.hp
-        sim = queries @ ref.T
+        sim = normalize(queries, dim=1) @ normalize(ref, dim=1).T
         pos_mask, neg_mask = cross_label_masks(q_labels.to(sim.device), ref_labels.to(sim.device))
         with torch.no_grad():
             inf = torch.tensor(float("inf"), dtype=sim.dtype, device=sim.device)

@@ -32,7 +32,7 @@ def _unit(x):
 
 # ---- multi-similarity ---------------------------------------------------------------------------
 def _ms_ref(x, labels, alpha, beta, eps, lam):
-    s = x @ x.T
+    s = _unit(x) @ _unit(x).T
     terms = []
     for i in range(len(x)):
         pos = [s[i, j] for j in range(len(x)) if j != i and labels[j] == labels[i]]
@@ -51,7 +51,7 @@ def _ms_ref(x, labels, alpha, beta, eps, lam):
 
 
 def test_multisimilarity_matches_loop_and_pml():
-    x, labels = random_batch(n_classes=3, per_class=4, dim=4, seed=21)
+    x, labels = random_batch(n_classes=3, per_class=4, dim=4, seed=21, normalize=False)
     loss = MultiSimilarityLoss(pos_weight=2.0, neg_weight=40.0, margin=0.1, thresh=0.5)
     assert_same_loss_and_grads(lambda: loss(x, labels), lambda: _ms_ref(x, labels, 2.0, 40.0, 0.1, 0.5), [x])
     miner = miners.MultiSimilarityMiner(epsilon=0.1)

@@ -94,7 +94,7 @@ def test_multisimilarity_cross_loss_matches_loop():
     loss = MultiSimilarityLoss()
 
     def reference():
-        s = q @ ref.T
+        s = (q / q.norm(dim=1, keepdim=True)) @ (ref / ref.norm(dim=1, keepdim=True)).T
         total = 0.0
         for i in range(len(q)):
             pos = [s[i, j] for j in range(len(ref)) if j != i and y_ref[j] == yq[i]]
