@@ -6,7 +6,9 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
+from sklearn.neighbors import NearestNeighbors
 
 import main
 from tests.lifecycle._runs import read_summary, tiny_args
@@ -20,7 +22,14 @@ def test_evaluate_only_reproduces_the_selected_epoch(tmp_path):
 
     out = tmp_path / "evaluated"
     summary = main.main(
-        ["--evaluate_only", "--checkpoint", str(run / "checkpoint_best.pt"), "--save_path", str(out)]
+        [
+            "--evaluate_only",
+            "--checkpoint",
+            str(run / "checkpoint_best.pt"),
+            "--save_path",
+            str(out),
+            "--save_embeddings",
+        ]
     )
     folder = out / "digits" / "train_eval_checkpoint_best"
     assert summary["evaluate_only"] is True
@@ -35,6 +44,14 @@ def test_evaluate_only_reproduces_the_selected_epoch(tmp_path):
         (str(trained["selected_epoch"]), s) for s in evaluated
     ]
     assert json.loads((folder / "args.json").read_text())["args"]["loss"] == "margin"  # the run's flags
+
+    # --save_embeddings: the exported test embeddings give the reported Recall@1 (sklearn 1-NN oracle)
+    saved = np.load(folder / "embeddings_testing.npz")
+    x, y = saved["embeddings"], saved["labels"]
+    assert x.shape == (896, 16) and sorted(set(y.tolist())) == [0, 1, 2, 3, 4]
+    _, idx = NearestNeighbors(n_neighbors=2).fit(x).kneighbors(x)
+    nearest = np.where(idx[:, 0] == np.arange(len(x)), idx[:, 1], idx[:, 0])
+    assert np.mean(y[nearest] == y) == pytest.approx(evaluated["testing"]["e_recall@1"])
 
 
 def test_evaluate_only_needs_a_checkpoint(tmp_path):
