@@ -95,7 +95,7 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> None:
     ev.add_argument("--save_embeddings", action="store_true",
                     help="write <run>/embeddings_<split>.npz at every evaluation (for python -m evaluation)")
     ev.add_argument("--eval_backend", default="auto", choices=["auto", "torch", "faiss"],
-                    help="kNN / k-means backend: auto = faiss on CPU, torch on CUDA (same numbers)")
+                    help="kNN backend: auto = faiss-cpu for small k on CPU, else torch (same numbers)")
     ev.add_argument("--eval_chunk", type=int, default=0,
                     help="query rows per distance block of the kNN search (0: ~128 MB blocks)")
 

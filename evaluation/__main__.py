@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval_backend",
         default="auto",
         choices=["auto", "torch", "faiss"],
-        help="kNN / k-means backend (auto: faiss on CPU, torch on CUDA)",
+        help="kNN backend (auto: faiss-cpu for small k on CPU, else torch)",
     )
     p.add_argument("--seed", type=int, default=1, help="k-means seed")
     p.add_argument("--json", default=None, help="output JSON (default: <FILE>.metrics.json)")

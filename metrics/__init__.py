@@ -95,8 +95,8 @@ def compute(
     """Every metric in ``names`` on one split.
 
     ``embeddings`` (N, D), ``labels`` (N,); ``query_mask`` / ``gallery_mask`` (N,) bool select the
-    query/gallery protocol (default: every sample, i.e. leave-one-out). ``backend``: ``auto``
-    (faiss on CPU, torch elsewhere), ``torch`` or ``faiss``. ``chunk``: query rows per distance
+    query/gallery protocol (default: every sample, i.e. leave-one-out). ``backend`` (kNN search): ``auto``
+    (faiss on CPU for small k, else torch), ``torch`` or ``faiss`` (CPU only). ``chunk``: query rows per distance
     block (default: ~128 MB blocks). ``timings``, if given, receives seconds per stage.
     """
     metrics = {name: parse(name) for name in dict.fromkeys(names)}

@@ -175,7 +175,12 @@ class EvalContext:
         key = f"relevant_{view}"
         if key not in self.__dict__:
             nbr = self.neighbours(view)
-            rel = (self.labels[nbr.clamp_min(0)] == self.query_labels[:, None]) & (nbr >= 0)
+            rel = torch.empty(nbr.shape, dtype=torch.bool, device=self.device)
+            for s in range(0, len(nbr), 8192):  # row blocks: no (Nq, k) int64 temporary
+                block = nbr[s : s + 8192]
+                rel[s : s + 8192] = (
+                    self.labels[block.clamp_min(0)] == self.query_labels[s : s + 8192, None]
+                ) & (block >= 0)
             self.__dict__[key] = rel
         return self.__dict__[key]
 

@@ -57,19 +57,23 @@ def _no_param(family: str, param: str | None) -> None:
 
 
 def truncated_ap(rel: torch.Tensor, cutoff: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
-    """Per row: Σ_{r ≤ cutoff} rel(r)·P(r) / denom (0 where denom = 0). ``rel`` (Nq, k) bool."""
+    """Per row: Σ_{r ≤ cutoff} rel(r)·P(r) / denom (0 where denom = 0). ``rel`` (Nq, k) bool.
+
+    Only the relevant positions contribute, so this works on the sparse list of them: the h-th
+    relevant item of a row at rank r adds P(r) = h / r."""
     out = torch.zeros(len(rel), dtype=torch.float64, device=rel.device)
-    k = rel.shape[1]
-    if k == 0:
-        return out
-    rank = torch.arange(1, k + 1, device=rel.device)
-    for s in range(0, len(rel), ROW_BLOCK):
-        r = rel[s : s + ROW_BLOCK]
-        hits = r.cumsum(1, dtype=torch.int32)
-        keep = r & (rank[None, :] <= cutoff[s : s + ROW_BLOCK, None])
-        prec_sum = torch.where(keep, hits.double() / rank, 0.0).sum(1)
-        out[s : s + ROW_BLOCK] = prec_sum / denom[s : s + ROW_BLOCK].clamp_min(1)
-    return out
+    for s in range(0, len(rel), ROW_BLOCK):  # bounded memory for the index list
+        block = rel[s : s + ROW_BLOCK]
+        rows, cols = torch.nonzero(block, as_tuple=True)  # row-major: ranks ascend within a row
+        if len(rows) == 0:
+            continue
+        per_row = block.sum(1)
+        first = torch.cumsum(per_row, 0) - per_row  # offset of each row's first entry in the list
+        h = torch.arange(len(rows), device=rel.device) - first[rows] + 1
+        rank = cols + 1
+        contrib = torch.where(rank <= cutoff[s : s + ROW_BLOCK][rows], h.double() / rank, 0.0)
+        out[s : s + ROW_BLOCK].index_add_(0, rows, contrib)
+    return out / denom.clamp_min(1)
 
 
 class _Ranked:
@@ -151,8 +155,11 @@ class MAPatR(_Ranked):
         return ctx.max_relevant
 
     def per_query(self, ctx: EvalContext) -> torch.Tensor:
-        r = ctx.n_relevant
-        return truncated_ap(ctx.relevant(self.view), r, r)
+        key = f"ap_at_r_{ctx.view(self.view)}"  # shared by mAP@R and mAP_c
+        if key not in ctx.__dict__:
+            r = ctx.n_relevant
+            ctx.__dict__[key] = truncated_ap(ctx.relevant(self.view)[:, : ctx.max_relevant], r, r)
+        return ctx.__dict__[key]
 
     def __call__(self, ctx: EvalContext) -> float:
         return _mean_over(self.per_query(ctx), ctx.n_relevant >= 1)
@@ -188,7 +195,7 @@ class MAPatK(_Ranked):
     def __call__(self, ctx: EvalContext) -> float:
         r = ctx.n_relevant
         cut = torch.full_like(r, self.cutoff)
-        ap = truncated_ap(ctx.relevant(self.view), cut, r.clamp(max=self.cutoff))
+        ap = truncated_ap(ctx.relevant(self.view)[:, : self.cutoff], cut, r.clamp(max=self.cutoff))
         return _mean_over(ap, r >= 1)
 
 

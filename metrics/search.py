@@ -15,15 +15,19 @@ needs (capped by the gallery size). Ranking is by squared Euclidean distance
   columns; metrics treat them as "nothing retrieved".
 
 Backends: ``torch`` (CPU or CUDA; row chunks of the distance matrix, memory O(chunk · |G|)) and
-``faiss`` (CPU ``IndexFlatL2``, faster on CPU; results are post-processed to the same tie rule,
-and rows with a tie at the k-th place are recomputed with the torch path).
+``faiss`` (CPU ``IndexFlatL2``, fastest on CPU for small k; results are post-processed to the
+same tie rule, and rows with a tie at the k-th place are recomputed with the torch path). On CPU
+the torch path selects with numpy's introselect (faster than ``torch.topk`` for large k).
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 
+FAISS_MAX_K = 256  # auto backend: faiss up to this k on CPU
 BLOCK_ELEMENTS = 2**25  # distance-matrix elements per chunk (128 MB in float32)
 
 
@@ -34,6 +38,25 @@ def auto_chunk(n_gallery: int, chunk: int | None) -> int:
     return max(1, BLOCK_ELEMENTS // max(1, n_gallery))
 
 
+def _argpartition(d: np.ndarray, kk: int) -> np.ndarray:
+    """Columns of the kk smallest entries of every row (unordered): numpy's introselect, several
+    times faster than ``torch.topk`` for large k on CPU; it releases the GIL, so row blocks run
+    in parallel on torch's number of threads."""
+    workers = max(1, min(torch.get_num_threads(), len(d) // 64))
+    if workers == 1:
+        return np.argpartition(d, kk - 1, axis=1)[:, :kk]
+    out = np.empty((len(d), kk), dtype=np.int64)
+    bounds = np.linspace(0, len(d), workers + 1).astype(int)
+
+    def run(i: int) -> None:
+        a, b = bounds[i], bounds[i + 1]
+        out[a:b] = np.argpartition(d[a:b], kk - 1, axis=1)[:, :kk]
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(run, range(workers)))
+    return out
+
+
 def _sorted_topk(d: torch.Tensor, kk: int) -> torch.Tensor:
     """Column indices of the ``kk`` smallest entries per row, ordered by (distance, column)."""
     n_cols = d.shape[1]
@@ -42,16 +65,14 @@ def _sorted_topk(d: torch.Tensor, kk: int) -> torch.Tensor:
         order = torch.sort(d, dim=1, stable=True).indices
         return torch.gather(cols, 1, order)
     if d.device.type == "cpu":
-        # numpy's introselect is several times faster than torch.topk for large k on CPU
-        idx = torch.from_numpy(np.argpartition(d.numpy(), kk - 1, axis=1)[:, :kk])
-        thr = torch.gather(d, 1, idx).max(1).values
+        idx = torch.from_numpy(_argpartition(d.numpy(), kk))
     else:
-        vals, idx = torch.topk(d, kk, dim=1, largest=False, sorted=False)
-        thr = vals.max(1).values
+        idx = torch.topk(d, kk, dim=1, largest=False, sorted=False).indices
+    sel = torch.gather(d, 1, idx)
+    thr = sel.max(1).values
     # rows where more than kk entries are <= the kk-th value have a tie at the boundary: take the
-    # lowest-index tied entries so the result is independent of topk's internal choice.
-    n_le = (d <= thr[:, None]).sum(1)
-    tie_rows = torch.nonzero(n_le > kk).flatten()
+    # lowest-index tied entries so the result is independent of the selection algorithm.
+    tie_rows = torch.nonzero((d <= thr[:, None]).sum(1) > kk).flatten()
     if len(tie_rows):
         sub, t = d[tie_rows], thr[tie_rows, None]
         lt = sub < t
@@ -59,10 +80,18 @@ def _sorted_topk(d: torch.Tensor, kk: int) -> torch.Tensor:
         eq = sub == t
         chosen = lt | (eq & (eq.cumsum(1) <= need))
         idx[tie_rows] = torch.nonzero(chosen)[:, 1].view(len(tie_rows), kk)
-    # order the selection by (distance, index): sort by index, then stable sort by distance
-    idx = torch.sort(idx, dim=1).values
-    order = torch.sort(torch.gather(d, 1, idx), dim=1, stable=True).indices
-    return torch.gather(idx, 1, order)
+        sel[tie_rows] = torch.gather(sub, 1, idx[tie_rows])
+    if d.device.type == "cpu":
+        order = torch.from_numpy(np.argsort(sel.numpy(), axis=1))
+    else:
+        order = torch.argsort(sel, dim=1)
+    idx, sel = torch.gather(idx, 1, order), torch.gather(sel, 1, order)
+    tied = torch.nonzero((sel[:, 1:] == sel[:, :-1]).any(1)).flatten()
+    if len(tied):  # equal distances inside the top k: lower index first
+        sub_i = torch.sort(idx[tied], dim=1).values
+        order = torch.sort(torch.gather(d[tied], 1, sub_i), dim=1, stable=True).indices
+        idx[tied] = torch.gather(sub_i, 1, order)
+    return idx
 
 
 def knn_torch(
@@ -163,9 +192,11 @@ def knn(
     backend: str = "auto",
     chunk: int | None = None,
 ) -> torch.Tensor:
-    """Dispatch to a backend; ``auto`` is faiss on CPU and torch on any other device."""
+    """Dispatch to a backend; ``auto`` is faiss on CPU for k <= FAISS_MAX_K, else torch."""
     if backend == "auto":
-        backend = "faiss" if x.device.type == "cpu" and _have_faiss() else "torch"
+        # faiss's fused search wins for small k; for large k (mAP_1000, mAP_lim) the matrix product
+        # + numpy introselect of the torch path is faster
+        backend = "faiss" if x.device.type == "cpu" and k <= FAISS_MAX_K and _have_faiss() else "torch"
     if backend == "faiss":
         if x.device.type != "cpu":
             raise ValueError("the faiss backend runs on CPU tensors only; use backend='torch' on CUDA")
