@@ -6,7 +6,9 @@ The model is created with ``num_classes=0``, so it returns its pooled features
 only). Crop size and normalisation come from the model's pretrained config (``input_size``, mean,
 std), so a DINO or CLIP model gets the statistics it was trained with. Weights come from the
 Hugging Face hub unless ``--not_pretrained`` or ``--pretrained_path``; offline, put them in the hub
-cache (``HF_HOME``) or pass ``--pretrained_path``.
+cache (``HF_HOME``) or pass ``--pretrained_path``. Without a network the hub client retries for
+about a minute before the run stops with the "could not load pretrained weights" line; set
+``HF_HUB_OFFLINE=1`` to fail (or read the cache) at once.
 """
 
 from __future__ import annotations

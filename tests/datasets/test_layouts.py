@@ -283,3 +283,12 @@ def test_classes_smaller_than_samples_per_class_are_reported(tmp_path):
         load("cub200", tmp_path, "--samples_per_class", "4")
     with pytest.warns(UserWarning, match=r"class 1: 1\)"):
         assert report_small_classes(np.array([0, 0, 1, 2, 2, 2]), 2) == [1]
+
+
+def test_folder_val_subfolder_is_the_validation_split(tmp_path):
+    fx.make_folder(tmp_path)
+    fx.write_jpeg(tmp_path / "folder" / "val" / "fox" / "a.jpg", 1)
+    fx.write_jpeg(tmp_path / "folder" / "val" / "fox" / "b.jpg", 2)
+    splits = load("folder", tmp_path, "--use_tv_split")  # the given val/ wins over carving one out
+    assert len(splits["validation"]) == 2 and len(splits["training"]) == 9
+    assert splits["validation"].labels.tolist() == [0, 0]
