@@ -13,8 +13,11 @@ exactly as a fresh run does (same seeding, same construction order), then overwr
 from ``checkpoint_last.pt`` and continues with the next epoch. A process killed mid-epoch loses that
 epoch and redoes it; because every source of randomness is restored at the epoch boundary, the
 final ``metrics.csv`` and ``summary.json`` equal those of an uninterrupted run on CPU (apart from
-the wall-clock columns ``train_time``, ``eval_time`` and ``wall_time``). Without a checkpoint (killed
-during the first epoch) the run restarts from scratch in the same folder.
+the wall-clock columns ``train_time``, ``eval_time*`` and ``wall_time``). Without a checkpoint
+(killed during the first epoch) the run restarts from scratch in the same folder. On CUDA the
+same states are restored, but bit-exactness also depends on the kernels being deterministic.
+``--n_epochs`` may be raised to extend a finished run (with ``--scheduler cosine`` this changes the
+schedule, so the result is no longer that of a single longer run).
 
 Only runtime flags (:data:`RESUME_OVERRIDABLE`) may be changed when resuming; any other explicit
 flag is a :class:`~utilities.errors.ConfigError`, since it would silently change the experiment.
@@ -52,14 +55,14 @@ _NOT_RESTORED = {"resume", "evaluate_only", "checkpoint"}
 
 def explicit_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> dict[str, Any]:
     """The flags present on the command line (defaults suppressed), as ``{dest: value}``."""
-    saved = {a.dest: a.default for a in parser._actions}
+    saved = [(action, action.default) for action in parser._actions]
     try:
-        for action in parser._actions:
+        for action, _ in saved:
             action.default = argparse.SUPPRESS
         return vars(parser.parse_args(argv))
     finally:
-        for action in parser._actions:
-            action.default = saved[action.dest]
+        for action, default in saved:
+            action.default = default
 
 
 def stored_namespace(

@@ -50,6 +50,16 @@ def test_resume_between_epochs_with_dataloader_workers(tmp_path):
     assert read_summary(tmp_path / "digits" / "part") == read_summary(tmp_path / "digits" / "full")
 
 
+def test_resume_with_a_storage_sampler_and_a_cross_batch_memory(tmp_path):
+    """The sampler's embedding memory and the loss's XBM memory are part of the checkpoint."""
+    extra = ["--data_sampler", "greedy_coreset", "--data_batchmatch_bigbs", "240", "--xbm_size", "120",
+             "--loss", "contrastive", "--no_train_metrics"]  # fmt: skip
+    main.main(tiny_args(tmp_path, "full", *extra, epochs=2))
+    main.main(tiny_args(tmp_path, "part", *extra, epochs=1))
+    main.main(["--resume", str(tmp_path / "digits" / "part"), "--n_epochs", "2"])
+    assert read_rows(tmp_path / "digits" / "part") == read_rows(tmp_path / "digits" / "full")
+
+
 def test_resume_refuses_to_change_the_experiment(reference):
     with pytest.raises(ConfigError, match="--lr"):
         main.main(["--resume", str(reference), "--lr", "0.1"])
