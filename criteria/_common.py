@@ -72,10 +72,13 @@ def cross_label_masks(q_labels: torch.Tensor, ref_labels: torch.Tensor) -> tuple
 
 def check_labels(labels: torch.Tensor, n_classes: int, loss: str) -> None:
     """Clear error for class ids outside [0, n_classes) (a proxy/class-weight table has C rows)."""
-    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
+    if len(labels) == 0:
+        return
+    lo, hi = torch.stack(torch.aminmax(labels)).tolist()  # one device sync
+    if lo < 0 or hi >= n_classes:
         raise ValueError(
             f"loss '{loss}' was built for {n_classes} classes (labels 0..{n_classes - 1}) but got labels "
-            f"in [{int(labels.min())}, {int(labels.max())}]; set n_classes to the number of training classes"
+            f"in [{lo}, {hi}]; set n_classes to the number of training classes"
         )
 
 
