@@ -194,8 +194,7 @@ class EmbeddingNet(nn.Module):
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 RGB (B, 3, H, W) -> the float input the backbone was trained on."""
-        x = x.float()
-        x = (x - self._pixel_mean) / self._pixel_std
+        x = x.float().sub_(self._pixel_mean).div_(self._pixel_std)  # in place on the fresh float copy
         if self.input_config.bgr255:
             x = x.flip(1)  # normalised in RGB order, then flipped, as the study does
         return x

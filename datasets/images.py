@@ -14,9 +14,11 @@ interrupted build or two runs building at once never leave a half-written cache.
 about 3·s²·(aspect) bytes per image, e.g. 0.26 MB at s = 256 and 4:3 (CUB ≈ 3 GB, SOP ≈ 30 GB).
 
 Semantics with the cache: evaluation images are bit-identical (the cache stores exactly the
-``Resize(256)`` image when ``--data_cache_size`` equals the evaluation resize); random crops are
-drawn in the same relative coordinates but resampled from the cached copy, so a crop smaller than
-the output is up-sampled from fewer source pixels than with the full-size file.
+``Resize(256)`` image when ``--data_cache_size`` equals the evaluation resize, and the centre crop
+is a slice); random crops are drawn in the same relative coordinates (torchvision's samplers) but
+resampled from the cached copy, with torch's antialiased bilinear on uint8 tensors instead of
+PIL's (values within a few grey levels), so a crop smaller than the output is up-sampled from
+fewer source pixels than with the full-size file. ``adv``'s colour jitter runs on tensors too.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 
 from datasets.transforms import UnreadableImageError, resize_shorter
@@ -92,7 +95,7 @@ def _decode_chunk(args: tuple[list[str], int]) -> list[np.ndarray]:
 
 
 class ImageCache:
-    """Pre-resized images of ``paths`` under ``folder``; ``cache[path]`` -> a PIL RGB image."""
+    """Pre-resized images of ``paths`` under ``folder``; ``cache(path)`` -> a (3, H, W) uint8 tensor."""
 
     def __init__(
         self, folder: str | Path, paths: list[str], size: int, name: str = "data", workers: int = 0
@@ -149,12 +152,15 @@ class ImageCache:
 
     def array(self, path: str) -> np.ndarray:
         if self._data is None:
-            self._data = np.memmap(self.folder / "images.u8", dtype=np.uint8, mode="r")
+            self._data = np.memmap(
+                self.folder / "images.u8", dtype=np.uint8, mode="c"
+            )  # copy-on-write: never written
         offset, h, w = self.index[self.position[path]]
         return self._data[offset : offset + h * w * 3].reshape(h, w, 3)
 
-    def __call__(self, path: str) -> Image.Image:
-        return Image.fromarray(np.ascontiguousarray(self.array(path)))
+    def __call__(self, path: str) -> torch.Tensor:
+        """A (3, H, W) uint8 view of the memory map: no decode and no copy until the crop."""
+        return torch.from_numpy(self.array(path)).permute(2, 0, 1)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()

@@ -62,8 +62,20 @@ def _rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
+def _resize_uint8(img: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Antialiased bilinear resize of a (3, H, W) uint8 tensor, staying in uint8 (torch's fast
+    path; torchvision's functional resize would round-trip through float32)."""
+    return torch.nn.functional.interpolate(img[None], size=(h, w), mode="bilinear", antialias=True)[0]
+
+
 def resize_shorter(img: Image.Image, size: int, draft: bool) -> Image.Image:
     """torchvision ``Resize(size)`` (shorter side to ``size``), possibly from a reduced decode."""
+    if isinstance(img, torch.Tensor):  # a cached uint8 image (datasets/images.py)
+        h, w = img.shape[-2:]
+        short, long = (w, h) if w <= h else (h, w)
+        new_short, new_long = size, int(size * long / short)
+        new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+        return img if (new_w, new_h) == (w, h) else _resize_uint8(img, new_h, new_w)
     w, h = img.size
     short, long = (w, h) if w <= h else (h, w)
     new_short, new_long = size, int(size * long / short)
@@ -84,6 +96,8 @@ class RandomResizedCropFast:
 
     def __call__(self, img: Image.Image) -> Image.Image:
         top, left, h, w = T.RandomResizedCrop.get_params(img, self.scale, self.ratio)
+        if isinstance(img, torch.Tensor):  # cached uint8 image: torch's antialiased bilinear
+            return _resize_uint8(img[:, top : top + h, left : left + w], self.size, self.size)
         # decoded at 1/k, the box (w/k × h/k) must still hold at least size × size pixels
         sx, sy = _draft(img, self.size * img.size[0] / w, self.size * img.size[1] / h, self.draft)
         img = _rgb(img)
@@ -103,8 +117,8 @@ class ResizeFast:
         return resize_shorter(img, self.size, self.draft)
 
 
-def to_uint8(img: Image.Image) -> torch.Tensor:
-    return F.pil_to_tensor(_rgb(img))
+def to_uint8(img: Image.Image | torch.Tensor) -> torch.Tensor:
+    return img.contiguous() if isinstance(img, torch.Tensor) else F.pil_to_tensor(_rgb(img))
 
 
 class ImageTransform:
@@ -124,7 +138,8 @@ class ImageTransform:
                 f"cannot decode image {getattr(img, 'filename', '') or '<in-memory>'}: {err}"
             ) from None
         finally:
-            img.close()
+            if isinstance(img, Image.Image):
+                img.close()
 
     def __repr__(self) -> str:
         return f"ImageTransform({self.name}: {self.steps})"

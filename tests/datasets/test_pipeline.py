@@ -167,3 +167,30 @@ def test_loader_workers_are_seeded(tmp_path):
         loader = make_loader(split, opt, batch_sampler=sampler, seed=seed)
         batches.append(torch.cat([b[0] for b in loader]))
     assert torch.equal(batches[0], batches[1]) and not torch.equal(batches[0], batches[2])
+
+
+def test_cached_training_crops_match_the_file_crops(tmp_path):
+    """Same seed -> same crop box and flip; only the resampler differs (torch vs PIL bilinear)."""
+    fx.make_cub_study(tmp_path, size=(80, 60))
+    plain = datasets.select("cub200", _opt("cub200", tmp_path, "--arch", "smallcnn", "--data_decode", "full"))
+    # a cache larger than the images stores them unresized
+    cached = datasets.select(
+        "cub200",
+        _opt(
+            "cub200",
+            tmp_path,
+            "--arch",
+            "smallcnn",
+            "--data_cache",
+            str(tmp_path / "c"),
+            "--data_cache_size",
+            "64",
+        ),
+    )
+    for i in range(6):
+        torch.manual_seed(i)
+        a = plain["training"][i][0].float()
+        torch.manual_seed(i)
+        b = cached["training"][i][0].float()
+        assert b.shape == a.shape == (3, 32, 32)
+        assert (a - b).abs().mean() < 2.0, i
