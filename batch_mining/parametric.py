@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -71,7 +72,7 @@ class ParametricMiner(BatchMiner):
     tuple_kind = "triplets"
     Hparams = ParametricHparams
 
-    def __init__(self, **hparams) -> None:
+    def __init__(self, **hparams: Any) -> None:
         super().__init__(**hparams)
         lo, hi = (float(v) for v in self.hp.support_lim)
         if self.hp.n_support < 1 or not lo < hi or not (math.isfinite(lo) and math.isfinite(hi)):

@@ -26,6 +26,7 @@ are dropped instead of crashing.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -57,7 +58,7 @@ class RhoDistanceMiner(BatchMiner):
     tuple_kind = "triplets"
     Hparams = RhoDistanceHparams
 
-    def __init__(self, **hparams) -> None:
+    def __init__(self, **hparams: Any) -> None:
         super().__init__(**hparams)
         if not 0.0 <= self.hp.cp <= 1.0:
             raise ConfigError(f"--miner_rho_distance_cp must lie in [0, 1], got {self.hp.cp}")

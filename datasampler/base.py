@@ -13,11 +13,14 @@ embeddings of the training set under eval transforms) and ``update_storage(embed
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from utilities.errors import ConfigError
+
+Labels = torch.Tensor | Sequence[int]  # class ids (or dataset indices) as a tensor, array or list
 
 
 class BatchSampler(torch.utils.data.Sampler):
@@ -27,7 +30,7 @@ class BatchSampler(torch.utils.data.Sampler):
     Hparams: Any = None
     requires_storage = False
 
-    def __init__(self, labels, **hparams: Any) -> None:
+    def __init__(self, labels: Labels, **hparams: Any) -> None:
         self.hp = self.Hparams(**hparams)
         bs, spc = self.hp.bs, self.hp.samples_per_class
         if spc < 1 or bs < 1 or bs % spc != 0:

@@ -22,9 +22,11 @@ all candidates are scored at once in torch; seeded, no joblib.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
+from datasampler.base import Labels
 from datasampler.storage import StorageHparams, StorageSampler, squared_distances
 
 N_BINS = 50
@@ -81,7 +83,7 @@ class DisthistBatchmatchSampler(BatchMatchSampler):
     name = "disthist_batchmatch"
     Hparams = DisthistHparams
 
-    def __init__(self, labels, **hparams) -> None:
+    def __init__(self, labels: Labels, **hparams: Any) -> None:
         super().__init__(labels, **hparams)
         if self.hp.ncomps < 1:
             raise ValueError("--data_batchmatch_ncomps must be ≥ 1")

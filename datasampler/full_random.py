@@ -17,10 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from datasampler.base import BatchSampler
+from datasampler.base import BatchSampler, Labels
 from utilities.errors import ConfigError
 
 
@@ -37,7 +38,7 @@ class FullRandomSampler(BatchSampler):
     name = "full_random"
     Hparams = FullRandomHparams
 
-    def __init__(self, labels, **hparams) -> None:
+    def __init__(self, labels: Labels, **hparams: Any) -> None:
         super().__init__(labels, **hparams)
         if self.hp.bs < 2:
             raise ConfigError("the full_random sampler needs --bs ≥ 2")

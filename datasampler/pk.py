@@ -24,10 +24,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from datasampler.base import BatchSampler
+from datasampler.base import BatchSampler, Labels
 from utilities.errors import ConfigError
 
 
@@ -44,7 +45,7 @@ class PKSampler(BatchSampler):
     name = "pk"
     Hparams = PKHparams
 
-    def __init__(self, labels, **hparams) -> None:
+    def __init__(self, labels: Labels, **hparams: Any) -> None:
         super().__init__(labels, **hparams)
         self.k = self.hp.samples_per_class
         self.p = self.hp.bs // self.k

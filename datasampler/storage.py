@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from datasampler.base import BatchSampler
+from datasampler.base import BatchSampler, Labels
 from utilities.errors import ConfigError
 
 
@@ -59,7 +59,7 @@ class StorageSampler(BatchSampler):
 
     requires_storage = True
 
-    def __init__(self, labels, **hparams: Any) -> None:
+    def __init__(self, labels: Labels, **hparams: Any) -> None:
         super().__init__(labels, **hparams)
         self.bigbs = min(self.hp.bigbs, len(self.labels))
         if self.bigbs < self.hp.bs:
@@ -84,7 +84,7 @@ class StorageSampler(BatchSampler):
             d = self.hp.lowproj_dim
             self.projection = torch.randn(emb.shape[1], d, generator=self.generator) / d**0.5
 
-    def update_storage(self, embeddings: torch.Tensor, indices) -> None:
+    def update_storage(self, embeddings: torch.Tensor, indices: Labels) -> None:
         """Overwrite the memory rows ``indices`` with ``embeddings`` (after a training step)."""
         if self.hp.no_update or self.storage is None:
             return
