@@ -33,6 +33,7 @@ class BatchMiner:
         self.hp = self.Hparams(**hparams) if self.Hparams is not None else None
         self.seed = int(getattr(self.hp, "seed", 0))
         self._generators: dict[str, torch.Generator] = {}
+        self._pending: dict[str, torch.Tensor] = {}  # restored states of generators not created yet
         self.stats: dict[str, float] = {}
 
     def __repr__(self) -> str:
@@ -42,7 +43,10 @@ class BatchMiner:
         """The miner's generator on ``device`` (one per device, all seeded with ``--seed``)."""
         key = str(torch.device(device))
         if key not in self._generators:
-            self._generators[key] = torch.Generator(device=device).manual_seed(self.seed)
+            gen = torch.Generator(device=device).manual_seed(self.seed)
+            if key in self._pending:
+                gen.set_state(self._pending.pop(key))
+            self._generators[key] = gen
         return self._generators[key]
 
     @torch.no_grad()
@@ -73,11 +77,12 @@ class BatchMiner:
         return {k: float(v) for k, v in stats.items()}
 
     def state_dict(self) -> dict[str, Any]:
-        return {k: g.get_state() for k, g in self._generators.items()}
+        return {**self._pending, **{k: g.get_state() for k, g in self._generators.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key, gen_state in state.items():
-            self.generator(torch.device(key)).set_state(gen_state)
+        """Restore generator states; a device's state is applied when the miner first runs there
+        (so a checkpoint written on a GPU machine also loads on a CPU-only one)."""
+        self._generators, self._pending = {}, dict(state)
 
 
 # ---- helpers shared by the miners ------------------------------------------------------------------

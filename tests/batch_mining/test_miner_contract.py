@@ -206,3 +206,15 @@ def test_every_loss_accepts_exactly_the_miners_of_its_kind(loss):
         else:
             with pytest.raises(ConfigError):
                 criteria.select(loss, opt, miner)
+
+
+def test_a_state_for_an_absent_device_loads_and_survives_a_round_trip():
+    x, y = make_batch(n_classes=8, per_class=4, dim=16)
+    a = build("distance", seed=0)
+    a(x, y)
+    state = {**a.state_dict(), "cuda:7": torch.zeros(3, dtype=torch.uint8)}  # e.g. a GPU checkpoint
+    b = build("distance", seed=5)
+    b.load_state_dict(state)
+    assert torch.equal(b.state_dict()["cuda:7"], state["cuda:7"])
+    for s, t in zip(a(x, y), b(x, y), strict=True):
+        assert torch.equal(s, t)
