@@ -16,6 +16,8 @@ torch RNG (seeded per DataLoader worker), so with ``--data_decode full`` an imag
   decoded directly at 1/2 (1/4, 1/8) size by libjpeg's DCT scaling (PIL ``draft``) and the box is
   resampled from that. The result is the same crop, downscaled by a better-filtered path; it
   differs from the full decode only by resampling noise (a few grey levels).
+* **Cached images** (``--data_cache``) arrive as uint8 tensor views of a memory map and take
+  the same steps on tensors (torch's antialiased bilinear resize in uint8; see ``images.py``).
 * **No float work in the workers**: the output is a ``uint8`` (3, crop, crop) tensor; the
   network normalises on the device (``architectures/base.py``), which also makes the host->device
   copy 4× smaller. Dividing by 255, the mean/std normalisation and BN-Inception's BGR flip are
