@@ -89,11 +89,14 @@ def masked_logsumexp(
 
     Rows without any masked-in entry give exactly 0 with a zero (not NaN) gradient.
     """
-    empty = ~mask.any(dim, keepdim=True)
-    z = z.masked_fill(~mask, float("-inf")).masked_fill(empty, 0.0)
+    z = z.masked_fill(~mask, float("-inf"))
     if add_one:
-        z = torch.cat([z, torch.zeros_like(z.narrow(dim, 0, 1))], dim=dim)
-    return torch.logsumexp(z, dim=dim).masked_fill(empty.squeeze(dim), 0.0)
+        # the "1" is e^0: shift by max(0, max z) so that neither term can overflow
+        shift = z.amax(dim, keepdim=True).clamp_min(0.0).detach()
+        total = torch.exp(z - shift).sum(dim, keepdim=True) + torch.exp(-shift)
+        return (torch.log(total) + shift).squeeze(dim)
+    empty = ~mask.any(dim, keepdim=True)
+    return torch.logsumexp(z.masked_fill(empty, 0.0), dim=dim).masked_fill(empty.squeeze(dim), 0.0)
 
 
 def keep_anchors(tuples: tuple[torch.Tensor, ...], kind: str, n_queries: int) -> tuple[torch.Tensor, ...]:
