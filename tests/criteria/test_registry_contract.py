@@ -61,12 +61,16 @@ def test_declares_the_contract(name):
     assert cls.name == name and isinstance(cls.requires_miner, bool)
     assert cls.tuple_kind in (None, TRIPLETS, PAIRS, NPAIR, LIFTED)
     assert cls.requires_miner == (cls.tuple_kind is not None)
-    assert (cls.__module__.split(".")[-1], cls.__doc__) and cls.__doc__.strip()
+    assert cls.__doc__ and cls.__doc__.strip()
     module_doc = __import__(cls.__module__, fromlist=["_"]).__doc__
-    assert "http" in module_doc and "L" in module_doc  # paper link and formula
+    assert "http" in module_doc, "the module docstring cites the paper"
     for field in dataclasses.fields(cls.Hparams):
         assert field.default is not dataclasses.MISSING
-        assert "global" in field.metadata or field.metadata.get("help"), f"{name}.{field.name} has no help"
+        if "global" in field.metadata:
+            continue
+        assert field.metadata.get("help"), f"{name}.{field.name} has no help"
+        flag = field.metadata.get("flag", f"loss_{name}_{field.name}")
+        assert f"--{flag}" in module_doc, f"the docstring of '{name}' does not document --{flag}"
     # constructible from plain keyword arguments, without a namespace
     miner = STUB_MINERS[cls.tuple_kind]() if cls.requires_miner else None
     plain = cls(
