@@ -13,6 +13,8 @@ import dataclasses
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 import criteria
 import parameters
@@ -228,3 +230,35 @@ def test_cuda_matches_cpu(name, opt):
     (grad_cpu,), (grad_gpu,) = torch.autograd.grad(value_cpu, [x]), torch.autograd.grad(value_gpu, [xg])
     torch.testing.assert_close(value_gpu.cpu(), value_cpu)
     torch.testing.assert_close(grad_gpu.cpu(), grad_cpu)
+
+
+class _LargestTensor(TorchDispatchMode):
+    """Records the largest tensor any op produces (forward and backward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+CLASS_LOSSES = [n for n in NAMES if "n_classes" in criteria.REGISTRY.get(n).Hparams.__dataclass_fields__]
+
+
+@pytest.mark.parametrize("name", CLASS_LOSSES)
+def test_class_losses_use_o_bc_memory(name, opt):
+    """No (B, C, D) tensor, forward or backward: every intermediate is at most the size of the
+    parameter table (C·K × D) or of the logits (B × C·K), far below B·C·D here."""
+    B, C, D = 32, 300, 64
+    opt.n_classes, opt.embed_dim = C, D
+    criterion = build(name, opt)
+    x = torch.nn.functional.normalize(torch.randn(B, D), dim=1).requires_grad_()
+    labels = torch.randint(0, C, (B,))
+    with _LargestTensor() as probe:
+        criterion(x, labels).backward()
+    assert 0 < probe.largest <= 4 * C * D < B * C * D / 2
