@@ -366,6 +366,7 @@ def make_figures(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     written: list[Path] = []
 
     def save(fig, name: str) -> None:
+        fig.tight_layout()
         for ext in ("png", "pdf"):
             path = out / f"{name}.{ext}"
             fig.savefig(
