@@ -97,7 +97,7 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> None:
     ev.add_argument("--eval_backend", default="auto", choices=["auto", "torch", "faiss"],
                     help="kNN backend: auto = faiss-cpu for small k on CPU, else torch (same numbers)")
     ev.add_argument("--eval_chunk", type=int, default=0,
-                    help="query rows per distance block of the kNN search (0: ~128 MB blocks)")
+                    help="query rows per distance block of the kNN search (0: ~32 MB blocks)")
 
     setup = parser.add_argument_group("setup")
     setup.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

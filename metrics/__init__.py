@@ -97,7 +97,7 @@ def compute(
     ``embeddings`` (N, D), ``labels`` (N,); ``query_mask`` / ``gallery_mask`` (N,) bool select the
     query/gallery protocol (default: every sample, i.e. leave-one-out). ``backend`` (kNN search): ``auto``
     (faiss on CPU for small k, else torch), ``torch`` or ``faiss`` (CPU only). ``chunk``: query rows per distance
-    block (default: ~128 MB blocks). ``timings``, if given, receives seconds per stage.
+    block (default: ~32 MB blocks). ``timings``, if given, receives seconds per stage.
     """
     metrics = {name: parse(name) for name in dict.fromkeys(names)}
     ctx = EvalContext(

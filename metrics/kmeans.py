@@ -4,6 +4,9 @@
   training classes on every split).
 * **Initialisation**: k distinct rows drawn by ``torch.randperm`` from a generator seeded with
   ``--seed`` (the reference used faiss's fixed internal seed 1234 whatever ``--seed`` was).
+  Random initialisation, as faiss and the study, so NMI/F1 stay comparable with published
+  numbers; like any Lloyd run it can end in a local optimum (k-means++ would be O(k·N·D)
+  sequential work, too slow for SOP's 11k clusters).
 * **Iterations**: at most ``niter`` (20, as in the study) assign/update steps; it stops early when
   no assignment changes, since then every further step is a no-op (same result, less time).
 * **Assignment**: nearest centroid by Euclidean distance; a tie goes to the lower centroid index.

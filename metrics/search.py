@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 FAISS_MAX_K = 256  # auto backend: faiss up to this k on CPU
-BLOCK_ELEMENTS = 2**25  # distance-matrix elements per chunk (128 MB in float32)
+BLOCK_ELEMENTS = 2**23  # distance-matrix elements per chunk (32 MB in float32)
 
 
 def auto_chunk(n_gallery: int, chunk: int | None) -> int:
@@ -38,19 +38,41 @@ def auto_chunk(n_gallery: int, chunk: int | None) -> int:
     return max(1, BLOCK_ELEMENTS // max(1, n_gallery))
 
 
-def _argpartition(d: np.ndarray, kk: int) -> np.ndarray:
-    """Columns of the kk smallest entries of every row (unordered): numpy's introselect, several
-    times faster than ``torch.topk`` for large k on CPU; it releases the GIL, so row blocks run
-    in parallel on torch's number of threads."""
+def _topk_block_numpy(d: np.ndarray, kk: int) -> np.ndarray:
+    """CPU selection for one row block: the kk smallest entries per row ordered by (distance,
+    column), ties at the k-th place resolved towards lower columns."""
+    idx = np.argpartition(d, kk - 1, axis=1)[:, :kk]
+    sel = np.take_along_axis(d, idx, 1)
+    thr = sel.max(1)
+    tie_rows = np.flatnonzero(np.count_nonzero(d <= thr[:, None], axis=1) > kk)
+    if len(tie_rows):
+        sub, t = d[tie_rows], thr[tie_rows, None]
+        lt = sub < t
+        eq = sub == t
+        need = kk - lt.sum(1, keepdims=True)
+        chosen = lt | (eq & (np.cumsum(eq, axis=1) <= need))
+        idx[tie_rows] = np.nonzero(chosen)[1].reshape(len(tie_rows), kk)
+        sel[tie_rows] = np.take_along_axis(sub, idx[tie_rows], 1)
+    # one sort of (distance bits, column) keys: non-negative float32 bit patterns order like the
+    # floats, so this is the (distance, column) order with no separate tie pass
+    key = np.maximum(sel, 0).view(np.int32).astype(np.int64) << 32
+    key |= idx
+    key.sort(axis=1)
+    return key & 0xFFFFFFFF
+
+
+def _topk_numpy(d: np.ndarray, kk: int) -> np.ndarray:
+    """:func:`_topk_block_numpy` over row blocks in parallel (numpy releases the GIL); numpy's
+    introselect is several times faster than ``torch.topk`` for large k on CPU."""
     workers = max(1, min(torch.get_num_threads(), len(d) // 64))
     if workers == 1:
-        return np.argpartition(d, kk - 1, axis=1)[:, :kk]
+        return _topk_block_numpy(d, kk)
     out = np.empty((len(d), kk), dtype=np.int64)
     bounds = np.linspace(0, len(d), workers + 1).astype(int)
 
     def run(i: int) -> None:
         a, b = bounds[i], bounds[i + 1]
-        out[a:b] = np.argpartition(d[a:b], kk - 1, axis=1)[:, :kk]
+        out[a:b] = _topk_block_numpy(d[a:b], kk)
 
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(run, range(workers)))
@@ -65,9 +87,8 @@ def _sorted_topk(d: torch.Tensor, kk: int) -> torch.Tensor:
         order = torch.sort(d, dim=1, stable=True).indices
         return torch.gather(cols, 1, order)
     if d.device.type == "cpu":
-        idx = torch.from_numpy(_argpartition(d.numpy(), kk))
-    else:
-        idx = torch.topk(d, kk, dim=1, largest=False, sorted=False).indices
+        return torch.from_numpy(_topk_numpy(d.numpy(), kk))
+    idx = torch.topk(d, kk, dim=1, largest=False, sorted=False).indices
     sel = torch.gather(d, 1, idx)
     thr = sel.max(1).values
     # rows where more than kk entries are <= the kk-th value have a tie at the boundary: take the
@@ -81,10 +102,7 @@ def _sorted_topk(d: torch.Tensor, kk: int) -> torch.Tensor:
         chosen = lt | (eq & (eq.cumsum(1) <= need))
         idx[tie_rows] = torch.nonzero(chosen)[:, 1].view(len(tie_rows), kk)
         sel[tie_rows] = torch.gather(sub, 1, idx[tie_rows])
-    if d.device.type == "cpu":
-        order = torch.from_numpy(np.argsort(sel.numpy(), axis=1))
-    else:
-        order = torch.argsort(sel, dim=1)
+    order = torch.argsort(sel, dim=1)
     idx, sel = torch.gather(idx, 1, order), torch.gather(sel, 1, order)
     tied = torch.nonzero((sel[:, 1:] == sel[:, :-1]).any(1)).flatten()
     if len(tied):  # equal distances inside the top k: lower index first
