@@ -11,13 +11,12 @@ import pytest
 from sklearn.neighbors import NearestNeighbors
 
 import main
-from tests.lifecycle._runs import read_summary, tiny_args
+from tests.lifecycle._runs import read_summary
 from utilities.errors import ConfigError
 
 
-def test_evaluate_only_reproduces_the_selected_epoch(tmp_path):
-    main.main(tiny_args(tmp_path, "train", epochs=2))
-    run = tmp_path / "digits" / "train"
+def test_evaluate_only_reproduces_the_selected_epoch(reference, tmp_path):
+    run = reference
     trained = read_summary(run)
 
     out = tmp_path / "evaluated"
@@ -31,7 +30,7 @@ def test_evaluate_only_reproduces_the_selected_epoch(tmp_path):
             "--save_embeddings",
         ]
     )
-    folder = out / "digits" / "train_eval_checkpoint_best"
+    folder = out / "digits" / "ref_eval_checkpoint_best"
     assert summary["evaluate_only"] is True
     assert summary["selected_epoch"] == trained["selected_epoch"]
     evaluated = read_summary(folder)["metrics"]

@@ -16,13 +16,6 @@ from tests.lifecycle._runs import assert_killed, read_rows, read_summary, run_su
 from utilities.errors import ConfigError
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    save = tmp_path_factory.mktemp("reference")
-    main.main(tiny_args(save, "ref"))
-    return save / "digits" / "ref"
-
-
 def test_killed_anywhere_then_resumed_equals_uninterrupted(reference, tmp_path):
     folder = tmp_path / "digits" / "run"
     # 1) killed during the first epoch: no checkpoint yet, the resume restarts from scratch
