@@ -75,6 +75,6 @@ class SubCenterArcFaceLoss(nn.Module):
         labels = labels.to(batch.device)
         cos = cosine_logits(batch, self.class_weights)
         # sub-centre-major layout (B, K, C): the max over K runs across contiguous C-long rows
-        cos = cos.view(len(batch), self.hp.sub_centers, self.hp.n_classes).amax(dim=1)
+        cos = cos.view(len(batch), self.hp.sub_centers, self.hp.n_classes).max(dim=1).values
         target = additive_angular_margin(cos.gather(1, labels[:, None]).squeeze(1), self.hp.margin)
         return cross_entropy(self.hp.scale * replace_target(cos, labels, target), labels)
