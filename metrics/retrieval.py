@@ -67,7 +67,7 @@ def truncated_ap(rel: torch.Tensor, cutoff: torch.Tensor, denom: torch.Tensor) -
         rows, cols = torch.nonzero(block, as_tuple=True)  # row-major: ranks ascend within a row
         if len(rows) == 0:
             continue
-        per_row = block.sum(1)
+        per_row = torch.bincount(rows, minlength=len(block))  # cheaper than a bool row sum
         first = torch.cumsum(per_row, 0) - per_row  # offset of each row's first entry in the list
         h = torch.arange(len(rows), device=rel.device) - first[rows] + 1
         rank = cols + 1
@@ -136,7 +136,7 @@ class RPrecision(_Ranked):
         return ctx.max_relevant
 
     def __call__(self, ctx: EvalContext) -> float:
-        rel = ctx.relevant(self.view)
+        rel = ctx.relevant(self.view)[:, : ctx.max_relevant]
         r = ctx.n_relevant
         rank = torch.arange(1, rel.shape[1] + 1, device=rel.device)
         hits = (rel & (rank[None, :] <= r[:, None])).sum(1)
