@@ -57,15 +57,24 @@ def main(argv: list[str] | None = None) -> dict:
     select_on = selection_split(list(eval_loaders))
     select_metric = opt.storage_metrics[0]
     print(f"Run folder: {logger.folder}")
-    print(f"{opt.dataset}: {len(splits['training'])} training images, {opt.n_classes} classes | "
-          f"loss {opt.loss} | miner {opt.batch_mining if batchminer else '-'} | arch {opt.arch} | "
-          f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters | {device}")
+    print(
+        f"{opt.dataset}: {len(splits['training'])} training images, {opt.n_classes} classes | "
+        f"loss {opt.loss} | miner {opt.batch_mining if batchminer else '-'} | arch {opt.arch} | "
+        f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters | {device}"
+    )
 
     # ---- train ------------------------------------------------------------------------------------
     history: dict[str, list[dict]] = {s: [] for s in eval_loaders}
     best_epoch, start_epoch, wall_before = None, 0, 0.0
-    parts = {"model": model, "criterion": criterion, "optimizer": optimizer, "scheduler": scheduler,
-             "sampler": sampler, "batchminer": batchminer, "train_loader": train_loader}
+    parts = {
+        "model": model,
+        "criterion": criterion,
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "sampler": sampler,
+        "batchminer": batchminer,
+        "train_loader": train_loader,
+    }
     if state is not None:  # --resume: continue after the last completed epoch (see utilities/run_state)
         run_state.restore_training_state(state, **parts)
         history, best_epoch, wall_before = state["history"], state["best_epoch"], state["wall_time"]
@@ -73,16 +82,32 @@ def main(argv: list[str] | None = None) -> dict:
         logger.restore(state["rows"])
         print(f"Resumed after epoch {state['epoch']}")
     for epoch in range(start_epoch, opt.n_epochs):
-        stats = train_one_epoch(model, criterion, run_state.train_iterable(train_loader, epoch), optimizer, device, epoch=epoch,
-                                batchminer=batchminer, sampler=sampler, progress=not opt.no_progress)
+        stats = train_one_epoch(
+            model,
+            criterion,
+            run_state.train_iterable(train_loader, epoch),
+            optimizer,
+            device,
+            epoch=epoch,
+            batchminer=batchminer,
+            sampler=sampler,
+            progress=not opt.no_progress,
+        )
         logger.log(epoch, "training", stats)
         line = [f"Epoch {epoch}: loss {stats['loss']:.4f} ({stats['train_time']:.1f}s)"]
         for split, loader in eval_loaders.items():
             if not should_evaluate(split, epoch, opt):  # --train_eval_every: None keeps history per epoch
                 history[split].append(None)
                 continue
-            results = evaluate_split(model, loader, opt.evaluation_metrics, device, seed=opt.seed,
-                                     metric_device=metric_device, **eval_options(opt, split, logger.folder, epoch))
+            results = evaluate_split(
+                model,
+                loader,
+                opt.evaluation_metrics,
+                device,
+                seed=opt.seed,
+                metric_device=metric_device,
+                **eval_options(opt, split, logger.folder, epoch),
+            )
             history[split].append(results)
             logger.log(epoch, split, results)
             line.append(f"{split}: " + format_results(results, opt.evaluation_metrics))
@@ -93,8 +118,15 @@ def main(argv: list[str] | None = None) -> dict:
         scores = [r.get(select_metric) for r in history[select_on]]
         if improved(scores[:-1], scores[-1]):
             best_epoch = epoch
-        state = run_state.training_state(epoch=epoch, **parts, rows=logger.rows, history=history, best_epoch=best_epoch,
-                                         wall_time=wall_before + time.time() - wall_start, args=public_args(opt))
+        state = run_state.training_state(
+            epoch=epoch,
+            **parts,
+            rows=logger.rows,
+            history=history,
+            best_epoch=best_epoch,
+            wall_time=wall_before + time.time() - wall_start,
+            args=public_args(opt),
+        )
         if best_epoch == epoch:  # best before last: a crash in between redoes this epoch and rewrites both
             checkpoint.save_atomic(state, logger.folder / "checkpoint_best.pt")
         checkpoint.save_atomic(state, logger.folder / "checkpoint_last.pt")
@@ -102,18 +134,26 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- summary ----------------------------------------------------------------------------------
     summary = {
-        "selected_epoch": best_epoch, "selection_split": select_on, "selection_metric": select_metric,
+        "selected_epoch": best_epoch,
+        "selection_split": select_on,
+        "selection_metric": select_metric,
         "selected_on_test_split": select_on == "testing",
-        "note": ("epoch selected on the TEST split (no --use_tv_split): test metrics are optimistic"
-                 if select_on == "testing" else "epoch selected on the validation split"),
+        "note": (
+            "epoch selected on the TEST split (no --use_tv_split): test metrics are optimistic"
+            if select_on == "testing"
+            else "epoch selected on the validation split"
+        ),
         "metrics": {s: h[best_epoch] if best_epoch is not None else None for s, h in history.items()},
-        "wall_time": wall_before + time.time() - wall_start, "n_epochs": opt.n_epochs,
+        "wall_time": wall_before + time.time() - wall_start,
+        "n_epochs": opt.n_epochs,
     }
     logger.summary(summary)
     if best_epoch is not None:
         best = summary["metrics"]["testing"]
-        print(f"Selected epoch {best_epoch} on {select_on} {select_metric}; testing: "
-              + format_results(best, opt.evaluation_metrics))
+        print(
+            f"Selected epoch {best_epoch} on {select_on} {select_metric}; testing: "
+            + format_results(best, opt.evaluation_metrics)
+        )
     return summary
 
 

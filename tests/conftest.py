@@ -31,8 +31,14 @@ def default_opt() -> argparse.Namespace:
     return opt
 
 
-def make_batch(n_classes: int = 8, per_class: int = 4, dim: int = 16, normalize: bool = True,
-               dtype: torch.dtype = torch.float32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def make_batch(
+    n_classes: int = 8,
+    per_class: int = 4,
+    dim: int = 16,
+    normalize: bool = True,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A random (B, D) batch with ``per_class`` samples of each of ``n_classes`` classes."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n_classes * per_class, dim, generator=g, dtype=dtype)

@@ -16,10 +16,32 @@ TIME_COLUMNS = {"train_time", "eval_time"}  # wall-clock seconds: the only non-d
 
 def digits_args(save: Path, *extra: str) -> list[str]:
     return [
-        "--dataset", "digits", "--arch", "smallcnn_normalize", "--loss", "margin",
-        "--batch_mining", "distance", "--n_epochs", "1", "--lr", "1e-3", "--bs", "60",
-        "--samples_per_class", "4", "--kernels", "0", "--device", "cpu", "--no_progress",
-        "--save_path", str(save), "--savename", "run", *extra,
+        "--dataset",
+        "digits",
+        "--arch",
+        "smallcnn_normalize",
+        "--loss",
+        "margin",
+        "--batch_mining",
+        "distance",
+        "--n_epochs",
+        "1",
+        "--lr",
+        "1e-3",
+        "--bs",
+        "60",
+        "--samples_per_class",
+        "4",
+        "--kernels",
+        "0",
+        "--device",
+        "cpu",
+        "--no_progress",
+        "--save_path",
+        str(save),
+        "--savename",
+        "run",
+        *extra,
     ]
 
 
@@ -39,8 +61,12 @@ def test_smoke_run_writes_the_run_folder(tmp_path):
 
     rows = read_rows(folder)
     assert [(r["epoch"], r["split"]) for r in rows] == [
-        ("0", "training"), ("0", "testing"), ("0", "evaluation"),
-        ("1", "training"), ("1", "testing"), ("1", "evaluation"),
+        ("0", "training"),
+        ("0", "testing"),
+        ("0", "evaluation"),
+        ("1", "training"),
+        ("1", "testing"),
+        ("1", "evaluation"),
     ]
     for row in rows:
         if row["split"] == "training":
@@ -75,7 +101,9 @@ def test_same_seed_gives_identical_metrics(tmp_path):
     assert strip[0] == strip[1]
     main.main(digits_args(tmp_path / "c", "--n_epochs", "2", "--seed", "2"))
     c = read_rows(tmp_path / "c" / "digits" / "run")
-    assert [r["loss"] for r in c if r["split"] == "training"] != [r["loss"] for r in a if r["split"] == "training"]
+    assert [r["loss"] for r in c if r["split"] == "training"] != [
+        r["loss"] for r in a if r["split"] == "training"
+    ]
 
 
 def test_wandb_offline_logs_and_never_stores_the_key(tmp_path, monkeypatch):

@@ -91,7 +91,13 @@ def test_shared_flag_with_conflicting_default_is_an_error():
 
 @pytest.mark.parametrize(
     "registry",
-    [criteria.REGISTRY, batch_mining.REGISTRY, datasampler.REGISTRY, datasets.REGISTRY, architectures.REGISTRY],
+    [
+        criteria.REGISTRY,
+        batch_mining.REGISTRY,
+        datasampler.REGISTRY,
+        datasets.REGISTRY,
+        architectures.REGISTRY,
+    ],
     ids=lambda r: r.kind,
 )
 def test_every_registry_is_populated_and_its_plugins_have_names(registry):

@@ -32,7 +32,10 @@ SECRET_MARKERS = ("key", "token", "secret", "password")
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
             cwd=Path(__file__).resolve().parent,
         )
         return out.stdout.strip() or None
@@ -53,7 +56,8 @@ def _versions() -> dict[str, str]:
 def public_args(opt: argparse.Namespace) -> dict[str, Any]:
     """The namespace without anything that looks like a credential."""
     return {
-        k: v for k, v in sorted(vars(opt).items())
+        k: v
+        for k, v in sorted(vars(opt).items())
         if not any(m in k.lower() for m in SECRET_MARKERS) and _jsonable(v)
     }
 
@@ -102,7 +106,9 @@ class RunLogger:
         self.rows.append(row)
         self._write_csv()
         if self.wandb is not None:
-            self.wandb.log({f"{split}/{k}": v for k, v in row.items() if k not in ("epoch", "split")} | {"epoch": epoch})
+            self.wandb.log(
+                {f"{split}/{k}": v for k, v in row.items() if k not in ("epoch", "split")} | {"epoch": epoch}
+            )
         self._log_arrays(epoch, split, {k: v for k, v in values.items() if isinstance(v, (list, tuple))})
 
     def _log_arrays(self, epoch: int, split: str, arrays: dict[str, Any]) -> None:
@@ -111,7 +117,9 @@ class RunLogger:
         if not arrays:
             return
         with (self.folder / "metrics_arrays.jsonl").open("a") as f:
-            f.write(json.dumps({"epoch": epoch, "split": split, **{k: list(v) for k, v in arrays.items()}}) + "\n")
+            f.write(
+                json.dumps({"epoch": epoch, "split": split, **{k: list(v) for k, v in arrays.items()}}) + "\n"
+            )
         if self.wandb is not None:
             import numpy as np
             import wandb
@@ -130,7 +138,10 @@ class RunLogger:
         self._write_csv()
         if self.wandb is not None:
             for row in self.rows:
-                self.wandb.log({f"{row['split']}/{k}": v for k, v in row.items() if k not in ("epoch", "split")} | {"epoch": row["epoch"]})
+                self.wandb.log(
+                    {f"{row['split']}/{k}": v for k, v in row.items() if k not in ("epoch", "split")}
+                    | {"epoch": row["epoch"]}
+                )
 
     def _write_csv(self) -> None:
         columns: list[str] = []
@@ -177,8 +188,12 @@ def _start_wandb(opt: argparse.Namespace, folder: Path):
         import wandb
 
         return wandb.init(
-            project=opt.project, group=opt.group, name=folder.name, dir=str(folder),
-            config=public_args(opt), reinit=True,
+            project=opt.project,
+            group=opt.group,
+            name=folder.name,
+            dir=str(folder),
+            config=public_args(opt),
+            reinit=True,
         )
     except Exception as err:  # any failure to start W&B must not cost the run
         print(f"W&B logging disabled, continuing with local logging only: {type(err).__name__}: {err}")

@@ -91,9 +91,7 @@ class Registry:
 
     def add_args(self, parser: argparse.ArgumentParser) -> None:
         """Add one argument group per plugin holding that plugin's flags."""
-        seen: dict[str, Any] = {
-            a.dest: a.default for a in parser._actions if a.dest != "help"
-        }
+        seen: dict[str, Any] = {a.dest: a.default for a in parser._actions if a.dest != "help"}
         for name, cls in self:
             hp = getattr(cls, "Hparams", None)
             if hp is None:
@@ -115,9 +113,7 @@ class Registry:
                 seen[flag] = default
                 if group is None:
                     doc = (cls.__doc__ or "").strip().splitlines()
-                    group = parser.add_argument_group(
-                        f"{self.kind} '{name}'", doc[0] if doc else None
-                    )
+                    group = parser.add_argument_group(f"{self.kind} '{name}'", doc[0] if doc else None)
                 group.add_argument(f"--{flag}", **_argparse_kwargs(field, hints[field.name], default))
 
     def build(self, name: str, opt: argparse.Namespace, **deps: Any) -> Any:

@@ -22,7 +22,9 @@ def build_optimizer(model: nn.Module, criterion: nn.Module, opt: argparse.Namesp
     head = [p for n, p in model.named_parameters() if "last_linear" in n and p.requires_grad]
     head_ids = {id(p) for p in head} if opt.fc_lr >= 0 else set()
     body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
-    groups: list[dict[str, Any]] = [{"params": body, "lr": opt.lr, "weight_decay": opt.decay, "name": "network"}]
+    groups: list[dict[str, Any]] = [
+        {"params": body, "lr": opt.lr, "weight_decay": opt.decay, "name": "network"}
+    ]
     if head_ids:
         groups.append({"params": head, "lr": opt.fc_lr, "weight_decay": opt.decay, "name": "last_linear"})
     if hasattr(criterion, "param_groups"):
@@ -48,7 +50,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, opt: argparse.Namespace):
     raise ConfigError(f"unknown --scheduler '{opt.scheduler}'; choose from: step, cosine, none")
 
 
-def make_loader(dataset, opt: argparse.Namespace, *, batch_sampler=None, seed: int = 0) -> torch.utils.data.DataLoader:
+def make_loader(
+    dataset, opt: argparse.Namespace, *, batch_sampler=None, seed: int = 0
+) -> torch.utils.data.DataLoader:
     """A seeded DataLoader: ``batch_sampler`` for training, sequential batches of ``--bs`` otherwise."""
     kwargs: dict[str, Any] = {
         "num_workers": opt.kernels,

@@ -284,9 +284,12 @@ def test_disthist_picks_the_candidate_with_the_lowest_cost(monkeypatch):
 
     def cost_np(idx: np.ndarray, big_idx: np.ndarray) -> float:
         xb, xc = emb.double().numpy()[big_idx], emb.double().numpy()[idx]
-        pd = lambda z: np.array(
-            [np.linalg.norm(z[i] - z[j]) for i in range(len(z)) for j in range(i + 1, len(z))]
-        )  # noqa: E731
+
+        def pd(z: np.ndarray) -> np.ndarray:  # brute-force pairwise distances (the oracle)
+            return np.array(
+                [np.linalg.norm(z[i] - z[j]) for i in range(len(z)) for j in range(i + 1, len(z))]
+            )
+
         db, dc = pd(xb), pd(xc)
         edges = np.linspace(db.min(), db.max(), dh.N_BINS + 1)
         hb = np.histogram(db, edges)[0] / len(db)
