@@ -7,9 +7,14 @@ checkpoint -> summary.json. Configuration errors end with one line on stderr and
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
+
+# MKL may otherwise use fewer BLAS threads on a loaded machine, which changes float summation order
+# and breaks bit-exact reproduction and resume. Must be set before torch is imported.
+os.environ.setdefault("MKL_DYNAMIC", "FALSE")
 
 import torch
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+
+# fixed BLAS thread count: the same float rounding under load (see main.py)
+os.environ.setdefault("MKL_DYNAMIC", "FALSE")
 
 import pytest
 import torch
