@@ -47,12 +47,14 @@ def main(argv: list[str] | None = None) -> dict:
     eval_names = ["testing", "validation"] + ([] if opt.no_train_metrics else ["evaluation"])
     eval_loaders = {s: make_loader(splits[s], opt) for s in eval_names if s in splits}
 
-    # ---- model, miner, loss, optimiser ----------------------------------------------------------
+    # ---- miner, loss (before the model: a bad combination fails before any weight download) ------
+    batchminer = batch_mining.select(opt.batch_mining, opt) if criteria.requires_miner(opt.loss) else None
+    criterion = criteria.select(opt.loss, opt, batchminer).to(device)
+
+    # ---- model, optimiser -----------------------------------------------------------------------
     model = architectures.select(opt.arch, opt).to(device)
     if opt.evaluate_only:
         return run_state.evaluate_checkpoint(model, state, eval_loaders, opt, device, metric_device)
-    batchminer = batch_mining.select(opt.batch_mining, opt) if criteria.requires_miner(opt.loss) else None
-    criterion = criteria.select(opt.loss, opt, batchminer).to(device)
     optimizer = build_optimizer(model, criterion, opt)
     scheduler = build_scheduler(optimizer, opt)
     if getattr(sampler, "requires_storage", False):

@@ -149,6 +149,12 @@ def run_cli(monkeypatch, capsys, argv: list[str]) -> tuple[int, str]:
         (["--arch", "smallcnn_frozne"], "unknown modifier"),
         (["--dataset", "nope"], "unknown dataset 'nope'; choose from: "),
         (["--bs", "50", "--samples_per_class", "4"], "must be a positive multiple of --samples_per_class"),
+        # refused before the (here unreachable) ImageNet weights are even requested
+        (
+            ["--loss", "triplet", "--batch_mining", "npair", "--arch", "resnet50_normalize"],
+            "loss 'triplet' consumes triplets, but miner 'npair' produces npair",
+        ),
+        (["--dataset", "cub200", "--source_path", "/nonexistent"], "expected <root>/images/<NNN.Class_Name>"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, monkeypatch, capsys, flags, message):
