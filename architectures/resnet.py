@@ -1,9 +1,10 @@
 """ResNet-18/34/50/101 (He et al., CVPR 2016) from torchvision, with ImageNet weights.
 
 Backbone: conv1 … layer4 -> global pooling (average; average + max with ``_double``) -> ``last_linear``
-(512 or 2048 -> embed_dim), the study's ResNet-50 head. Weights are torchvision's ``IMAGENET1K_V1``
-(for ResNet-50 the same checkpoint, ``resnet50-19c8e357``, that the study loaded through
-``pretrainedmodels``). ``--not_pretrained`` starts from random weights, ``--pretrained_path`` reads
+(512 or 2048 -> embed_dim), the study's ResNet-50 head. Weights are torchvision's ``IMAGENET1K_V1``,
+the original ImageNet training (ResNet-50: 76.1 % top-1, served today as ``resnet50-0676ba61.pth``);
+the study loaded that model's earlier file ``resnet50-19c8e357.pth`` through ``pretrainedmodels``,
+which ``--pretrained_path`` also accepts. ``--not_pretrained`` starts from random weights, ``--pretrained_path`` reads
 a local state dict (torchvision's or this project's), and unreachable weights are one clear error.
 Input: 224 crops, ImageNet normalisation.
 """
