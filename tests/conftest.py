@@ -25,6 +25,23 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+# Folders of small-tensor CPU tests run with one intra-op thread: on a loaded 2-core machine OpenMP
+# threads spin-waiting on each other make tiny ops and convolutions up to 20x slower; no result
+# depends on the thread count.
+ONE_THREAD_DIRS = {"architectures", "batch_mining", "datasampler", "datasets"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_intra_op_thread(request):
+    if request.path.parent.name not in ONE_THREAD_DIRS:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def default_opt() -> argparse.Namespace:
     """The full default namespace (every global and plugin flag), as main.py would see it."""
