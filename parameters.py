@@ -178,14 +178,14 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> None:
     ev.add_argument(
         "--eval_backend",
         default="auto",
-        choices=["auto", "torch", "faiss"],
-        help="kNN backend: auto = faiss-cpu for small k on CPU, else torch (same numbers)",
+        choices=["auto", "numba", "torch"],
+        help="ranking-pass backend: auto = numba on CPU, torch on CUDA (same numbers, see metrics/ranking.py)",
     )
     ev.add_argument(
         "--eval_chunk",
         type=int,
         default=0,
-        help="query rows per distance block of the kNN search (0: ~32 MB blocks)",
+        help="query rows per distance block of the ranking pass (0: ~16 MB blocks)",
     )
 
     setup = parser.add_argument_group("setup")

@@ -76,7 +76,7 @@ def evaluate_split(
     epoch: int | None = None,
 ) -> dict[str, float | list[float]]:
     """All ``metric_names`` on one split, plus ``eval_time`` (seconds, embedding included; a CSV
-    column) and ``eval_time_stages`` (a dict of seconds per stage: embed, knn, kmeans, svd, ...; kept out
+    column) and ``eval_time_stages`` (a dict of seconds per stage: embed, ranking, kmeans, svd, ...; kept out
     of the CSV, which holds scalars, but stored in the run's history and summary)."""
     start = time.perf_counter()
     embeddings, labels = embed(model, loader, device)

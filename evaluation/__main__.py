@@ -34,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--eval_backend",
         default="auto",
-        choices=["auto", "torch", "faiss"],
-        help="kNN backend (auto: faiss-cpu for small k on CPU, else torch)",
+        choices=["auto", "numba", "torch"],
+        help="ranking-pass backend (auto: numba on CPU, torch on CUDA)",
     )
     p.add_argument("--seed", type=int, default=1, help="k-means seed")
     p.add_argument("--json", default=None, help="output JSON (default: <FILE>.metrics.json)")

@@ -7,7 +7,8 @@ family                      names                                               
 ==========================  ====================================================  ==============
 Recall@k                    ``e_recall@k``, ``c_recall@k``                         retrieval
 precision                   ``precision@k``, ``r_precision``                       retrieval
-MAP                         ``mAP@R``, ``mAP_c``, ``mAP_1000``, ``mAP_lim``        retrieval
+MAP                         ``mAP@R``, ``mAP_c``, ``mAP_1000``, ``mAP_lim``,       retrieval
+                            ``mAP``, ``mrr``
 clustering                  ``nmi``, ``c_nmi``, ``ami``, ``f1``, ``c_f1``          clustering
 density                     ``dists@intra``, ``dists@inter``,                      distances
                             ``dists@intra_over_inter``
@@ -15,8 +16,8 @@ spectrum                    ``rho_spectrum@m`` (m = 0: the array)               
 ==========================  ====================================================  ==============
 
 :func:`compute` evaluates a list of names on one split. The expensive parts are computed once in
-an :class:`~metrics.context.EvalContext` (one exact kNN search with k = the largest k any metric
-needs, one seeded k-means with k = the classes of the split, one SVD, class statistics once), and
+an :class:`~metrics.context.EvalContext` (one exact ranking pass giving the rank of every
+relevant item as deep as any metric needs, one seeded k-means with k = the classes of the split, one SVD, class statistics once), and
 every metric is a cheap function of them. Each module documents its definitions (relevance,
 denominators, self-exclusion, ties) and its deviations from the reference.
 """
@@ -40,6 +41,8 @@ for _cls in (
     retrieval.ClassMAPatR,
     retrieval.MAPatK,
     retrieval.MAPlim,
+    retrieval.MAP,
+    retrieval.MRR,
     clustering.NMI,
     clustering.CosineNMI,
     clustering.AMI,
@@ -95,9 +98,9 @@ def compute(
     """Every metric in ``names`` on one split.
 
     ``embeddings`` (N, D), ``labels`` (N,); ``query_mask`` / ``gallery_mask`` (N,) bool select the
-    query/gallery protocol (default: every sample, i.e. leave-one-out). ``backend`` (kNN search): ``auto``
-    (faiss on CPU for small k, else torch), ``torch`` or ``faiss`` (CPU only). ``chunk``: query rows per distance
-    block (default: ~32 MB blocks). ``timings``, if given, receives seconds per stage.
+    query/gallery protocol (default: every sample, i.e. leave-one-out). ``backend`` (ranking pass): ``auto``
+    (numba on CPU, torch on CUDA), ``numba`` (CPU only) or ``torch`` (CPU or CUDA), see
+    :mod:`metrics.ranking`. ``chunk``: query rows per distance block (default: ~16 MB blocks). ``timings``, if given, receives seconds per stage.
     """
     metrics = {name: parse(name) for name in dict.fromkeys(names)}
     ctx = EvalContext(
@@ -111,7 +114,7 @@ def compute(
         chunk=chunk,
         kmeans_iter=kmeans_iter,
     )
-    ctx.request_neighbours(max((m.k_needed(ctx) for m in metrics.values()), default=0))
+    ctx.request_ranks(max((m.ranks_needed(ctx) for m in metrics.values()), default=0))
     results = {name: metric(ctx) for name, metric in metrics.items()}
     if timings is not None:
         timings.update(ctx.timings)

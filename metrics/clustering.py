@@ -71,7 +71,7 @@ class _Clustered:
         if param is not None:
             raise ValueError(f"{self.name} takes no parameter")
 
-    def k_needed(self, ctx: EvalContext) -> int:
+    def ranks_needed(self, ctx: EvalContext) -> int:
         return 0
 
     def _inputs(self, ctx: EvalContext) -> tuple[np.ndarray, np.ndarray]:

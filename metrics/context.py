@@ -5,10 +5,11 @@ An :class:`EvalContext` holds one split's embeddings (N, D), labels (N,) and opt
 sample is a query against all *other* samples (leave-one-out). Everything expensive is computed
 lazily, at most once, on ``device``:
 
-* ``neighbours(view)``: one exact kNN search per view (``"euclidean"`` on the raw embeddings,
+* ``ranks(view)``: one exact ranking pass per view (``"euclidean"`` on the raw embeddings,
   ``"cosine"`` on L2-normalised ones; when the embeddings are already unit-norm both views share
-  one search) with k = the largest k any requested metric needs; see :mod:`metrics.search`.
-* ``relevant(view)``: (Nq, k) bool, neighbour shares the query's label (``False`` on padding).
+  one pass): the sorted ranks of every query's relevant gallery items, as many as the most
+  demanding requested metric needs; see :mod:`metrics.ranking`. Every retrieval metric is a
+  function of these ranks.
 * ``n_relevant``: per query, the number of gallery items of its class other than itself.
 * ``clusters(view)``: one seeded k-means with k = classes of this split (see :mod:`metrics.kmeans`).
 * ``spectrum``: the D (or N, if smaller) singular values of the un-centred embedding matrix,
@@ -28,7 +29,7 @@ from functools import cached_property
 import torch
 
 from metrics import kmeans as _kmeans
-from metrics import search
+from metrics import ranking
 
 NORM_TOL = 1e-4  # rows within this of unit norm count as normalised (cosine view = Euclidean view)
 
@@ -68,12 +69,12 @@ class EvalContext:
         if len(self.query_idx) == 0 or len(self.gallery_idx) == 0:
             raise ValueError("the query and the gallery set must both be non-empty")
         self.seed = seed
-        self.backend = backend if self.device.type == "cpu" else "torch"
+        self.backend = ranking.resolve_backend(backend, self.device)
         self.chunk = chunk
         self.kmeans_iter = kmeans_iter
         self.timings: dict[str, float] = {}
-        self._k = 0
-        self._neighbours: dict[str, torch.Tensor] = {}
+        self._width = 0
+        self._ranks: dict[str, torch.Tensor] = {}
         self._clusters: dict[str, torch.Tensor] = {}
 
     def _mask_idx(self, mask: torch.Tensor | None, n: int, what: str) -> torch.Tensor:
@@ -143,46 +144,35 @@ class EvalContext:
     def _features(self, view: str) -> torch.Tensor:
         return self.embeddings if view == "euclidean" else self.normalized
 
-    # -- neighbours ---------------------------------------------------------------------------------
-    def request_neighbours(self, k: int) -> None:
-        """Ask for at least ``k`` neighbours; call before the first :meth:`neighbours`."""
-        if self._neighbours and k > self._k:
-            raise RuntimeError("request all neighbours before the first search")
-        self._k = max(self._k, k)
+    # -- ranks of the relevant items ---------------------------------------------------------------
+    def request_ranks(self, width: int) -> None:
+        """Ask for the first ``width`` relevant ranks per query; call before the first :meth:`ranks`."""
+        if self._ranks and min(width, self.max_relevant) > self.width:
+            raise RuntimeError("request all ranks before the first ranking pass")
+        self._width = max(self._width, width)
 
     @property
-    def k(self) -> int:
-        return min(self._k, len(self.gallery_idx))
+    def width(self) -> int:
+        """Columns of :meth:`ranks`: the widest request, capped by the largest R."""
+        return min(self._width, self.max_relevant)
 
-    def neighbours(self, view: str = "euclidean") -> torch.Tensor:
-        """(Nq, k) split indices of the k nearest gallery items of each query, ``-1`` padding."""
+    def ranks(self, view: str = "euclidean") -> torch.Tensor:
+        """(Nq, width) int64: sorted 1-based ranks of each query's relevant gallery items in its
+        ranking of the gallery (self excluded by index, ties by index); columns beyond the
+        query's R hold :data:`metrics.ranking.PAD`. One exact pass per view, see :mod:`metrics.ranking`."""
         view = self.view(view)
-        if view not in self._neighbours:
-            with self._timed("knn"):
-                self._neighbours[view] = search.knn(
+        if view not in self._ranks:
+            with self._timed("ranking"):
+                self._ranks[view] = ranking.relevant_ranks(
                     self._features(view),
+                    self.labels,
                     self.query_idx,
                     self.gallery_idx,
-                    self._k,
+                    self.width,
                     backend=self.backend,
                     chunk=self.chunk,
                 )
-        return self._neighbours[view]
-
-    def relevant(self, view: str = "euclidean") -> torch.Tensor:
-        """(Nq, k) bool: the neighbour exists and shares the query's label."""
-        view = self.view(view)
-        key = f"relevant_{view}"
-        if key not in self.__dict__:
-            nbr = self.neighbours(view)
-            rel = torch.empty(nbr.shape, dtype=torch.bool, device=self.device)
-            for s in range(0, len(nbr), 8192):  # row blocks: no (Nq, k) int64 temporary
-                block = nbr[s : s + 8192]
-                rel[s : s + 8192] = (
-                    self.labels[block.clamp_min(0)] == self.query_labels[s : s + 8192, None]
-                ) & (block >= 0)
-            self.__dict__[key] = rel
-        return self.__dict__[key]
+        return self._ranks[view]
 
     # -- clustering ---------------------------------------------------------------------------------
     def clusters(self, view: str = "euclidean") -> torch.Tensor:

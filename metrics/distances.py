@@ -55,7 +55,7 @@ class Dists:
             raise ValueError(f"dists needs one of @{', @'.join(MODES)}")
         self.mode = param
 
-    def k_needed(self, ctx: EvalContext) -> int:
+    def ranks_needed(self, ctx: EvalContext) -> int:
         return 0
 
     def __call__(self, ctx: EvalContext) -> float:

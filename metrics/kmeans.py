@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from metrics.search import auto_chunk
+from metrics.ranking import auto_chunk
 
 
 def nearest_two(x: torch.Tensor, centroids: torch.Tensor, chunk: int | None = None):

@@ -1,11 +1,12 @@
-"""Retrieval metrics, all cheap functions of the one shared kNN search of the split.
+"""Retrieval metrics, all cheap functions of the split's one exact ranking pass.
 
 Protocol: every query ranks the gallery by distance (leave-one-out when the split has no
 query/gallery masks: every sample is a query against all others). The query itself is excluded
 **by index** (a duplicate of it at distance 0 is a legitimate result); ties rank the lower index
-first (:mod:`metrics.search`). **Relevant** = a gallery item with the query's label, the query
-itself excluded; ``R`` denotes their number for a query. Values are averaged over queries
-(per-query mean) unless stated otherwise.
+first (:mod:`metrics.ranking`). **Relevant** = a gallery item with the query's label, the query
+itself excluded; ``R`` denotes their number for a query and ``rank_1 < … < rank_R`` their
+positions in the query's ranking, which is all any metric below needs (computed once per split).
+Values are averaged over queries (per-query mean) unless stated otherwise.
 
 * ``e_recall@k`` (Recall@k of the DML papers, = CMC@k): 1 if any of the k nearest neighbours
   (Euclidean) is relevant, else 0; averaged over **all** queries, so a query with R = 0 (a lone
@@ -27,6 +28,11 @@ itself excluded; ``R`` denotes their number for a query. Values are averaged ove
   ``AP@K = Σ_{r≤K} rel(r)·P(r) / min(K, R)``, over queries with R ≥ 1. The reference divided by
   the class size including the query, so a perfect ranking scored (n_c − 1)/n_c.
 * ``mAP_lim``: the same with K = 1023 (the reference's faiss-GPU limit, kept for comparability).
+* ``mAP``: the untruncated AP, ``(1/R) Σ_h h / rank_h``, over queries with R ≥ 1 (the reference's
+  ``mAP`` with its off-by-one denominator fixed; pytorch-metric-learning's
+  ``mean_average_precision``). Exact at any depth, since the ranks are.
+* ``mrr``: mean reciprocal rank of the first relevant item, ``1 / rank_1``, over queries with
+  R ≥ 1 (pytorch-metric-learning's ``mean_reciprocal_rank``).
 
 Scores of queries with R = 0 are undefined for everything but recall; if *no* query has R ≥ 1
 the metric is NaN (there is nothing to measure), never a silent 0.
@@ -37,8 +43,6 @@ from __future__ import annotations
 import torch
 
 from metrics.context import EvalContext
-
-ROW_BLOCK = 8192  # queries per block for the (Nq, k) cumulative sums (bounded memory)
 
 
 def _mean_over(values: torch.Tensor, valid: torch.Tensor) -> float:
@@ -56,33 +60,25 @@ def _no_param(family: str, param: str | None) -> None:
         raise ValueError(f"{family} takes no parameter")
 
 
-def truncated_ap(rel: torch.Tensor, cutoff: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
-    """Per row: Σ_{r ≤ cutoff} rel(r)·P(r) / denom (0 where denom = 0). ``rel`` (Nq, k) bool.
+def ap_from_ranks(ranks: torch.Tensor, cutoff: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
+    """Per row: Σ_{h : rank_h ≤ cutoff} h / rank_h, divided by ``denom`` (0 where denom = 0).
 
-    Only the relevant positions contribute, so this works on the sparse list of them: the h-th
-    relevant item of a row at rank r adds P(r) = h / r."""
-    out = torch.zeros(len(rel), dtype=torch.float64, device=rel.device)
-    for s in range(0, len(rel), ROW_BLOCK):  # bounded memory for the index list
-        block = rel[s : s + ROW_BLOCK]
-        rows, cols = torch.nonzero(block, as_tuple=True)  # row-major: ranks ascend within a row
-        if len(rows) == 0:
-            continue
-        per_row = torch.bincount(rows, minlength=len(block))  # cheaper than a bool row sum
-        first = torch.cumsum(per_row, 0) - per_row  # offset of each row's first entry in the list
-        h = torch.arange(len(rows), device=rel.device) - first[rows] + 1
-        rank = cols + 1
-        contrib = torch.where(rank <= cutoff[s : s + ROW_BLOCK][rows], h.double() / rank, 0.0)
-        out[s : s + ROW_BLOCK].index_add_(0, rows, contrib)
-    return out / denom.clamp_min(1)
+    ``ranks`` (Nq, W) holds each row's sorted relevant ranks; the h-th relevant item at rank r adds
+    the precision P(r) = h / r, so this is Σ_{r ≤ cutoff} rel(r)·P(r) without a per-rank array."""
+    h = torch.arange(1, ranks.shape[1] + 1, device=ranks.device, dtype=torch.float64)
+    inside = ranks <= cutoff[:, None]
+    total = torch.where(inside, h / ranks.double(), 0.0).sum(1)
+    return total / denom.clamp_min(1)
 
 
 class _Ranked:
-    """Base of the kNN metrics: ``view`` picks Euclidean or cosine ranking."""
+    """Base of the rank-based metrics: ``view`` picks Euclidean or cosine ranking."""
 
     view = "euclidean"
 
-    def k_needed(self, ctx: EvalContext) -> int:
-        raise NotImplementedError
+    def ranks_needed(self, ctx: EvalContext) -> int:
+        """How many leading relevant ranks per query this metric reads."""
+        return ctx.max_relevant
 
 
 class Recall(_Ranked):
@@ -93,11 +89,14 @@ class Recall(_Ranked):
     def __init__(self, param: str | None) -> None:
         self.k = _positive_int(self.name, param)
 
-    def k_needed(self, ctx: EvalContext) -> int:
-        return self.k
+    def ranks_needed(self, ctx: EvalContext) -> int:
+        return 1
 
     def __call__(self, ctx: EvalContext) -> float:
-        return ctx.relevant(self.view)[:, : self.k].any(1).double().mean().item()
+        ranks = ctx.ranks(self.view)
+        if ranks.shape[1] == 0:  # nobody has a relevant item
+            return 0.0
+        return (ranks[:, 0] <= self.k).double().mean().item()
 
 
 class CosineRecall(Recall):
@@ -115,11 +114,11 @@ class Precision(_Ranked):
     def __init__(self, param: str | None) -> None:
         self.k = _positive_int(self.name, param)
 
-    def k_needed(self, ctx: EvalContext) -> int:
-        return self.k
+    def ranks_needed(self, ctx: EvalContext) -> int:
+        return self.k  # the k-th relevant item is the deepest that can rank within k
 
     def __call__(self, ctx: EvalContext) -> float:
-        hits = ctx.relevant(self.view)[:, : self.k].sum(1)
+        hits = (ctx.ranks(self.view) <= self.k).sum(1)
         denom = ctx.n_candidates.clamp(max=self.k).clamp_min(1)
         return _mean_over(hits.double() / denom, ctx.n_relevant >= 1)
 
@@ -132,14 +131,9 @@ class RPrecision(_Ranked):
     def __init__(self, param: str | None) -> None:
         _no_param(self.name, param)
 
-    def k_needed(self, ctx: EvalContext) -> int:
-        return ctx.max_relevant
-
     def __call__(self, ctx: EvalContext) -> float:
-        rel = ctx.relevant(self.view)[:, : ctx.max_relevant]
         r = ctx.n_relevant
-        rank = torch.arange(1, rel.shape[1] + 1, device=rel.device)
-        hits = (rel & (rank[None, :] <= r[:, None])).sum(1)
+        hits = (ctx.ranks(self.view) <= r[:, None]).sum(1)
         return _mean_over(hits.double() / r.clamp_min(1), r >= 1)
 
 
@@ -151,14 +145,11 @@ class MAPatR(_Ranked):
     def __init__(self, param: str | None) -> None:
         _no_param(self.name, param)
 
-    def k_needed(self, ctx: EvalContext) -> int:
-        return ctx.max_relevant
-
     def per_query(self, ctx: EvalContext) -> torch.Tensor:
         key = f"ap_at_r_{ctx.view(self.view)}"  # shared by mAP@R and mAP_c
         if key not in ctx.__dict__:
             r = ctx.n_relevant
-            ctx.__dict__[key] = truncated_ap(ctx.relevant(self.view)[:, : ctx.max_relevant], r, r)
+            ctx.__dict__[key] = ap_from_ranks(ctx.ranks(self.view), r, r)
         return ctx.__dict__[key]
 
     def __call__(self, ctx: EvalContext) -> float:
@@ -189,13 +180,13 @@ class MAPatK(_Ranked):
     def __init__(self, param: str | None) -> None:
         _no_param(self.name, param)
 
-    def k_needed(self, ctx: EvalContext) -> int:
-        return self.cutoff
+    def ranks_needed(self, ctx: EvalContext) -> int:
+        return self.cutoff  # relevant items after the K-th cannot rank within K
 
     def __call__(self, ctx: EvalContext) -> float:
         r = ctx.n_relevant
         cut = torch.full_like(r, self.cutoff)
-        ap = truncated_ap(ctx.relevant(self.view)[:, : self.cutoff], cut, r.clamp(max=self.cutoff))
+        ap = ap_from_ranks(ctx.ranks(self.view)[:, : self.cutoff], cut, r.clamp(max=self.cutoff))
         return _mean_over(ap, r >= 1)
 
 
@@ -204,3 +195,36 @@ class MAPlim(MAPatK):
 
     name = "mAP_lim"
     cutoff = 1023
+
+
+class MAP(_Ranked):
+    """Untruncated average precision (1/R) Σ_h h / rank_h; queries with R ≥ 1."""
+
+    name = "mAP"
+
+    def __init__(self, param: str | None) -> None:
+        _no_param(self.name, param)
+
+    def __call__(self, ctx: EvalContext) -> float:
+        r = ctx.n_relevant
+        everything = torch.full_like(r, len(ctx.gallery_idx))
+        return _mean_over(ap_from_ranks(ctx.ranks(self.view), everything, r), r >= 1)
+
+
+class MRR(_Ranked):
+    """Mean reciprocal rank of the first relevant item; queries with R ≥ 1."""
+
+    name = "mrr"
+
+    def __init__(self, param: str | None) -> None:
+        _no_param(self.name, param)
+
+    def ranks_needed(self, ctx: EvalContext) -> int:
+        return 1
+
+    def __call__(self, ctx: EvalContext) -> float:
+        r = ctx.n_relevant
+        ranks = ctx.ranks(self.view)
+        if ranks.shape[1] == 0:
+            return float("nan")
+        return _mean_over(1.0 / ranks[:, 0].double(), r >= 1)

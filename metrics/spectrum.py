@@ -46,7 +46,7 @@ class RhoSpectrum:
         if self.m is None:
             raise ValueError("rho_spectrum needs an integer m, e.g. rho_spectrum@2 (0: the spectrum)")
 
-    def k_needed(self, ctx: EvalContext) -> int:
+    def ranks_needed(self, ctx: EvalContext) -> int:
         return 0
 
     def __call__(self, ctx: EvalContext) -> float | ArrayResult:

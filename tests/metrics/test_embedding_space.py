@@ -89,26 +89,26 @@ def test_rho_spectrum_edge_cases():
 
 def test_full_default_list_runs_and_each_shared_result_is_computed_once(monkeypatch):
     import parameters
-    from metrics import context, search
+    from metrics import context, ranking
 
-    calls = {"knn": 0, "kmeans": 0}
-    real_knn, real_kmeans = search.knn, context._kmeans.kmeans
+    calls = {"ranking": 0, "kmeans": 0}
+    real_ranks, real_kmeans = ranking.relevant_ranks, context._kmeans.kmeans
 
-    def counting_knn(*a, **kw):
-        calls["knn"] += 1
-        return real_knn(*a, **kw)
+    def counting_ranks(*a, **kw):
+        calls["ranking"] += 1
+        return real_ranks(*a, **kw)
 
     def counting_kmeans(*a, **kw):
         calls["kmeans"] += 1
         return real_kmeans(*a, **kw)
 
-    monkeypatch.setattr(search, "knn", counting_knn)
+    monkeypatch.setattr(ranking, "relevant_ranks", counting_ranks)
     monkeypatch.setattr(context._kmeans, "kmeans", counting_kmeans)
     x, y = clustered(n_classes=10, dim=16, seed=3)  # D >= 10 for rho_spectrum@10
     x = torch.nn.functional.normalize(x, dim=1)  # unit norm: the cosine view shares the search
     timings: dict = {}
     r = metrics.compute([*parameters.DEFAULT_METRICS, "c_recall@1"], x, y, timings=timings)
     assert set(r) == {*parameters.DEFAULT_METRICS, "c_recall@1"}
-    assert calls == {"knn": 1, "kmeans": 1}
-    assert {"knn", "kmeans", "svd"} <= set(timings)
+    assert calls == {"ranking": 1, "kmeans": 1}
+    assert {"ranking", "kmeans", "svd"} <= set(timings)
     assert all(isinstance(v, float) and not math.isnan(v) for k, v in r.items() if k != "rho_spectrum@0")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import metrics
-from metrics.search import knn
+from metrics.ranking import PAD, relevant_ranks
 from tests.conftest import requires_cuda
 from utilities.errors import ConfigError
 
@@ -26,6 +26,8 @@ RETRIEVAL = [
     "mAP_c",
     "mAP_1000",
     "mAP_lim",
+    "mAP",
+    "mrr",
 ]
 
 
@@ -98,6 +100,10 @@ def brute_force(x, y, names, query=None, gallery=None):
                 per[name].append(ap(1000, min(1000, big_r)))
             elif family == "mAP_lim":
                 per[name].append(ap(1023, min(1023, big_r)))
+            elif family == "mAP":
+                per[name].append(ap(len(cand), big_r))
+            elif family == "mrr":
+                per[name].append(1.0 / (rel.index(True) + 1))
     out = {name: (float(np.mean(v)) if v else math.nan) for name, v in per.items()}
     if "mAP_c" in names and per_class:
         out["mAP_c"] = float(np.mean([np.mean(v) for v in per_class.values()]))
@@ -143,11 +149,12 @@ def test_ties_rank_lower_index_first_and_self_is_excluded_by_index():
     # five identical points: all distances 0; the query itself must never be returned, and the
     # tied others come in index order (also at the k-th place)
     x = torch.zeros(5, 3)
-    for backend in ("torch", "faiss"):
-        nbr = knn(x, torch.arange(5), torch.arange(5), 2, backend=backend)
-        assert nbr.tolist() == [[1, 2], [0, 2], [0, 1], [0, 1], [0, 1]], backend
-    # labels: the nearest tied item decides recall@1 deterministically
     y = torch.tensor([0, 1, 1, 0, 0])
+    # rankings: q0: 1,2,3,4  q1: 0,2,3,4  q2: 0,1,3,4  q3: 0,1,2,4  q4: 0,1,2,3
+    want = [[3, 4], [2, PAD], [2, PAD], [1, 4], [1, 4]]  # PAD: no further relevant item
+    for backend in ("torch", "numba"):
+        ranks = relevant_ranks(x, y, torch.arange(5), torch.arange(5), 2, backend=backend)
+        assert ranks.tolist() == want, backend
     r = metrics.compute(["e_recall@1"], x, y, backend="torch")
     # q0 -> 1 (miss), q1 -> 0 (miss), q2 -> 0 (miss), q3 -> 0 (hit), q4 -> 0 (hit)
     assert r["e_recall@1"] == pytest.approx(2 / 5)
@@ -156,16 +163,23 @@ def test_ties_rank_lower_index_first_and_self_is_excluded_by_index():
 def test_boundary_tie_is_resolved_by_index_in_both_backends():
     # query 0 at the origin, four items at distance 1 (indices 1..4) and one at 0.5 (index 5)
     x = torch.tensor([[0.0, 0], [1, 0], [0, 1], [-1, 0], [0, -1], [0.5, 0]])
-    for backend in ("torch", "faiss"):
-        nbr = knn(x, torch.tensor([0]), torch.arange(6), 3, backend=backend)
-        assert nbr.tolist() == [[5, 1, 2]], backend
+    y = torch.tensor([0, 1, 0, 1, 0, 1])
+    for backend in ("torch", "numba"):
+        # ranking of query 0: 5, 1, 2, 3, 4 -> its relevant items 2 and 4 rank 3rd and 5th
+        ranks = relevant_ranks(x, y, torch.tensor([0]), torch.arange(6), 2, backend=backend)
+        assert ranks.tolist() == [[3, 5]], backend
 
 
 def test_duplicate_of_the_query_is_a_legitimate_result():
     x = torch.tensor([[0.0], [0.0], [5.0]])
     y = torch.tensor([0, 0, 1])
-    nbr = knn(x, torch.arange(3), torch.arange(3), 1, backend="torch")
-    assert nbr[:, 0].tolist() == [1, 0, 0]  # item 2: 0 and 1 tie, the lower index wins
+    for backend in ("torch", "numba"):
+        ranks = relevant_ranks(
+            x, torch.tensor([0, 1, 1]), torch.arange(3), torch.arange(3), 1, backend=backend
+        )
+        # item 1: its duplicate 0 (distance 0) ranks first, so item 2 is 2nd; item 2: 0 and 1
+        # tie, the lower index wins, so item 1 is 2nd
+        assert ranks[:, 0].tolist() == [PAD, 2, 2], backend
     assert metrics.compute(["e_recall@1"], x, y)["e_recall@1"] == pytest.approx(2 / 3)
 
 
@@ -214,8 +228,14 @@ def test_query_in_the_gallery_excludes_only_itself():
     y = torch.tensor([0, 0, 1, 1])
     q = torch.tensor([True, True, False, True])
     g = torch.tensor([True, True, True, False])
-    nbr = knn(x, torch.nonzero(q).flatten(), torch.nonzero(g).flatten(), 2, backend="torch")
-    assert nbr.tolist() == [[1, 2], [0, 2], [2, 0]]  # item 3: 0 and 1 tie, the lower index wins
+    y2 = torch.tensor([0, 1, 1, 0])
+    for backend in ("torch", "numba"):
+        # query 0: gallery 1, 2 hold no class-0 item but itself -> none; query 1: 2 at rank 2
+        # query 3 ranks 2, 0, 1 (0 and 1 tie, the lower index first): item 0 at rank 2
+        ranks = relevant_ranks(
+            x, y2, torch.nonzero(q).flatten(), torch.nonzero(g).flatten(), 1, backend=backend
+        )
+        assert ranks[:, 0].tolist() == [PAD, 2, 2], backend
     r = metrics.compute(["e_recall@1", "mAP@R"], x, y, query_mask=q, gallery_mask=g)
     assert r["e_recall@1"] == 1.0 and r["mAP@R"] == 1.0
 
@@ -227,7 +247,7 @@ def test_query_in_the_gallery_excludes_only_itself():
 def test_leave_one_out_equals_brute_force(seed):
     x, y = clustered(seed=seed)
     want = brute_force(x, y, RETRIEVAL)
-    for backend in ("torch", "faiss"):
+    for backend in ("torch", "numba"):
         assert_close(metrics.compute(RETRIEVAL, x, y, backend=backend), want)
 
 
@@ -237,7 +257,7 @@ def test_query_gallery_equals_brute_force():
     q = torch.tensor(rng.random(len(y)) < 0.5)
     g = torch.tensor(rng.random(len(y)) < 0.7) | ~q  # overlap: some queries are in the gallery
     want = brute_force(x, y, RETRIEVAL, q, g)
-    for backend in ("torch", "faiss"):
+    for backend in ("torch", "numba"):
         assert_close(metrics.compute(RETRIEVAL, x, y, query_mask=q, gallery_mask=g, backend=backend), want)
 
 
@@ -248,20 +268,52 @@ def test_ties_everywhere_equal_brute_force():
     y = torch.tensor(rng.integers(0, 4, 60))
     names = ["e_recall@1", "e_recall@4", "precision@3", "r_precision", "mAP@R", "mAP_1000"]
     want = brute_force(x, y, names)
-    for backend in ("torch", "faiss"):
+    for backend in ("torch", "numba"):
         assert_close(metrics.compute(names, x, y, backend=backend), want)
         for chunk in (1, 7):
             assert_close(metrics.compute(names, x, y, backend=backend, chunk=chunk), want)
 
 
-def test_faiss_equals_torch_and_chunked_equals_unchunked():
+def test_numba_equals_torch_and_chunked_equals_unchunked():
     x, y = clustered(n_classes=40, dim=16, seed=7, max_size=12)
-    q, g = torch.arange(len(y)), torch.arange(len(y))
-    ref = knn(x, q, g, 25, backend="torch")
-    assert torch.equal(knn(x, q, g, 25, backend="faiss"), ref)
-    for chunk in (1, 13, 10**6):
-        assert torch.equal(knn(x, q, g, 25, backend="torch", chunk=chunk), ref)
-        assert torch.equal(knn(x, q, g, 25, backend="faiss", chunk=chunk), ref)
+    rng = np.random.default_rng(7)
+    q = torch.nonzero(torch.tensor(rng.random(len(y)) < 0.6)).flatten()
+    g = torch.nonzero(torch.tensor(rng.random(len(y)) < 0.8)).flatten()
+    for query, gallery in ((torch.arange(len(y)), torch.arange(len(y))), (q, g)):
+        ref = relevant_ranks(x, y, query, gallery, 12, backend="torch")
+        assert torch.equal(relevant_ranks(x, y, query, gallery, 12, backend="numba"), ref)
+        for chunk in (1, 13, 10**6):
+            assert torch.equal(relevant_ranks(x, y, query, gallery, 12, backend="torch", chunk=chunk), ref)
+            assert torch.equal(relevant_ranks(x, y, query, gallery, 12, backend="numba", chunk=chunk), ref)
+        # a narrower request is the leading columns of the wide one
+        assert torch.equal(relevant_ranks(x, y, query, gallery, 3, backend="numba"), ref[:, :3])
+
+
+def test_ranks_equal_a_full_sort_at_depth():
+    # ranks far beyond any top-k: a poorly separated split, every relevant rank checked
+    x, y = clustered(n_classes=5, dim=4, seed=9, min_size=20, max_size=40, spread=3.0)
+    n = len(y)
+    d = torch.cdist(x.double(), x.double()).pow(2)
+    d.fill_diagonal_(float("inf"))
+    order = torch.from_numpy(np.lexsort((np.tile(np.arange(n), (n, 1)), d.numpy()), axis=1))
+    rank_of = torch.empty_like(order)
+    rank_of.scatter_(1, order, torch.arange(1, n + 1).expand(n, -1).contiguous())
+    want = []
+    for i in range(n):
+        rel = (y == y[i]) & (torch.arange(n) != i)
+        want.append(sorted(rank_of[i][rel].tolist()))
+    for backend in ("torch", "numba"):
+        got = relevant_ranks(x, y, torch.arange(n), torch.arange(n), 40, backend=backend)
+        for i in range(n):
+            assert got[i, : len(want[i])].tolist() == want[i], (backend, i)
+            assert (got[i, len(want[i]) :] == PAD).all()
+    assert max(max(w) for w in want) > n // 2  # deep ranks were exercised
+
+
+def test_unknown_or_misplaced_backend_is_an_error():
+    x, y = torch.randn(4, 2), torch.tensor([0, 0, 1, 1])
+    with pytest.raises(ValueError, match="unknown ranking backend"):
+        metrics.compute(["e_recall@1"], x, y, backend="faiss")
 
 
 def test_cosine_recall_uses_the_angle_not_the_length():
@@ -279,6 +331,11 @@ def test_agrees_with_pytorch_metric_learning():
     from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
     x, y = clustered(n_classes=30, dim=16, seed=11, min_size=2, max_size=10, spread=1.0)
+    full = AccuracyCalculator(include=("mean_average_precision", "mean_reciprocal_rank"), k=None)
+    theirs = full.get_accuracy(x, y, x, y, ref_includes_query=True)
+    ours = metrics.compute(["mAP", "mrr"], x, y)
+    assert ours["mAP"] == pytest.approx(theirs["mean_average_precision"], abs=1e-6)
+    assert ours["mrr"] == pytest.approx(theirs["mean_reciprocal_rank"], abs=1e-6)
     calc = AccuracyCalculator(
         include=("precision_at_1", "r_precision", "mean_average_precision_at_r"), k="max_bin_count"
     )
@@ -300,7 +357,7 @@ def test_agrees_with_pytorch_metric_learning():
 def test_cuda_equals_cpu():
     x, y = clustered(n_classes=40, dim=16, seed=2)
     names = [*RETRIEVAL, "nmi", "f1", "dists@intra", "rho_spectrum@2"]
-    cpu = metrics.compute(names, x, y, backend="torch", seed=3)
+    cpu = metrics.compute(names, x, y, backend="numba", seed=3)
     gpu = metrics.compute(names, x.cuda(), y.cuda(), device="cuda", seed=3)
     assert_close(gpu, cpu, tol=1e-6)
 
