@@ -7,8 +7,13 @@ in the :class:`~metrics.context.EvalContext` (``c_*``: spherical k-means on L2-n
   logarithms, computed here from the contingency table. The *arithmetic* normaliser is fixed:
   scikit-learn switched its default from geometric to arithmetic in 0.22, which made the
   reference's values version-dependent. Both partitions trivial (one class, one cluster) → 1.
-* ``ami``: adjusted mutual information (arithmetic normaliser, scikit-learn's
-  ``adjusted_mutual_info_score``; its expected-MI term is O(C·K·N) and slow at SOP scale).
+* ``ami``: adjusted mutual information (Vinh, Epps & Bailey, JMLR 2010), arithmetic normaliser:
+  AMI = (I − E[I]) / ((H(Y) + H(K)) / 2 − E[I]), E[I] under the hypergeometric model of random
+  partitions with the same class and cluster sizes; the same value as scikit-learn's
+  ``adjusted_mutual_info_score`` (the test's oracle). E[I] depends on a class and a cluster only
+  through their *sizes*, so it is summed over pairs of distinct sizes weighted by how often each
+  occurs, instead of over all C·K pairs: at SOP scale (11k classes, 11k clusters) 60 ms instead of
+  scikit-learn's 20 s. There are at most √(2N) distinct sizes on each side.
 * ``f1`` / ``c_f1``: the pair-counting F-measure of the lifted-structure evaluation (Song et al.
   2016): over all unordered pairs of samples, P = pairs sharing class and cluster / pairs sharing
   a cluster, R = pairs sharing class and cluster / pairs sharing a class, F1 = 2PR/(P+R); 0 when
@@ -19,6 +24,7 @@ in the :class:`~metrics.context.EvalContext` (``c_*``: spherical k-means on L2-n
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import gammaln
 
 from metrics.context import EvalContext
 
@@ -47,6 +53,65 @@ def nmi(labels: np.ndarray, clusters: np.ndarray) -> float:
     # use I = H(Y) + H(K) − H(Y, K)
     mi = h_y + h_k - entropy(cells)
     return float(max(mi, 0.0) / ((h_y + h_k) / 2))
+
+
+def _entropy(counts: np.ndarray) -> float:
+    p = counts / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def expected_mutual_information(a: np.ndarray, b: np.ndarray) -> float:
+    """E[I(Y; K)] over random partitions with class sizes ``a`` and cluster sizes ``b``:
+
+    Σ_ij Σ_n (n/N) log(N n / (a_i b_j)) · a_i! b_j! (N−a_i)! (N−b_j)! / (N! n! (a_i−n)! (b_j−n)!
+    (N−a_i−b_j+n)!), n from max(1, a_i+b_j−N) to min(a_i, b_j), grouped by distinct sizes."""
+    n_total = int(a.sum())
+    ua, ca = np.unique(a, return_counts=True)
+    ub, cb = np.unique(b, return_counts=True)
+    big_n = float(n_total)
+    lg_n = gammaln(n_total + 1)
+    ubf = ub.astype(np.float64)
+    emi = 0.0
+    for size_a, count_a in zip(ua.astype(np.float64), ca, strict=True):  # ≤ √(2N) distinct sizes
+        n = np.arange(1, int(min(size_a, ub.max())) + 1, dtype=np.float64)[None, :]
+        bb = ubf[:, None]
+        valid = (n <= np.minimum(size_a, bb)) & (n >= size_a + bb - big_n)
+        rest = np.where(valid, big_n - size_a - bb + n, 1.0)  # N − a − b + n ≥ 0 where valid
+        log_p = (
+            gammaln(size_a + 1)
+            + gammaln(bb + 1)
+            + gammaln(big_n - size_a + 1)
+            + gammaln(big_n - bb + 1)
+            - lg_n
+            - gammaln(n + 1)
+            - gammaln(np.where(valid, size_a - n, 0.0) + 1)
+            - gammaln(np.where(valid, bb - n, 0.0) + 1)
+            - gammaln(rest + 1)
+        )
+        term = (
+            (n / big_n) * (np.log(big_n * n) - np.log(size_a * bb)) * np.exp(np.where(valid, log_p, -np.inf))
+        )
+        emi += count_a * float((np.where(valid, term, 0.0).sum(1) * cb).sum())
+    return emi
+
+
+def ami(labels: np.ndarray, clusters: np.ndarray) -> float:
+    """Adjusted mutual information, arithmetic normaliser, with scikit-learn's conventions: two
+    one-cluster partitions score 1, one trivial side alone 0; the denominator is kept at least
+    machine epsilon away from 0. Identical partitions score 1 (the value wherever AMI is defined;
+    all-singleton partitions make it 0/0, which scikit-learn also reports as 1)."""
+    cells, a, b = contingency(labels, clusters)
+    if len(cells) == len(a) == len(b):  # every class is exactly one cluster
+        return 1.0
+    if len(a) == 1 or len(b) == 1:
+        return 0.0
+    h_y, h_k = _entropy(a), _entropy(b)
+    mi = max(h_y + h_k - _entropy(cells), 0.0)
+    emi = expected_mutual_information(a, b)
+    eps = np.finfo(np.float64).eps
+    denominator = (h_y + h_k) / 2 - emi
+    denominator = min(denominator, -eps) if denominator < 0 else max(denominator, eps)
+    return float((mi - emi) / denominator)
 
 
 def _pairs(n: np.ndarray) -> float:
@@ -100,10 +165,7 @@ class AMI(_Clustered):
     name = "ami"
 
     def __call__(self, ctx: EvalContext) -> float:
-        from sklearn.metrics import adjusted_mutual_info_score
-
-        labels, clusters = self._inputs(ctx)
-        return float(adjusted_mutual_info_score(labels, clusters, average_method="arithmetic"))
+        return ami(*self._inputs(ctx))
 
 
 class F1(_Clustered):

@@ -11,7 +11,7 @@ import torch
 from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
 
 import metrics
-from metrics.clustering import nmi, pair_f1
+from metrics.clustering import ami, expected_mutual_information, nmi, pair_f1
 from metrics.context import EvalContext
 from metrics.kmeans import kmeans
 from tests.metrics.test_retrieval import clustered
@@ -27,6 +27,45 @@ def test_nmi_equals_sklearn_arithmetic_on_random_partitions():
     assert nmi(np.zeros(5), np.zeros(5)) == 1.0  # both trivial
     assert nmi(np.arange(4), np.zeros(4)) == 0.0  # one cluster tells nothing
     assert nmi(np.array([0, 0, 1, 1]), np.array([7, 7, 3, 3])) == pytest.approx(1.0)  # relabelled
+
+
+def test_ami_equals_sklearn_on_random_and_degenerate_partitions():
+    rng = np.random.default_rng(2)
+    for _ in range(150):
+        n = int(rng.integers(2, 250))
+        y, k = rng.integers(0, rng.integers(1, 30), n), rng.integers(0, rng.integers(1, 30), n)
+        if rng.random() < 0.3:  # close to the truth: the AMI is large
+            k = np.where(rng.random(n) < 0.2, 0, y)
+        assert ami(y, k) == pytest.approx(adjusted_mutual_info_score(y, k), abs=1e-10)
+    for y, k in [
+        (np.zeros(5), np.zeros(5)),  # both trivial: 1
+        (np.arange(4), np.zeros(4)),  # one cluster: 0
+        (np.arange(2), np.arange(2) + 3),  # identical all-singleton partitions (0/0): 1
+        (np.array([0, 0, 1, 1, 2]), np.array([5, 5, 4, 4, 9])),  # identical up to names: 1
+    ]:
+        assert ami(y, k) == pytest.approx(adjusted_mutual_info_score(y, k), abs=1e-12)
+
+
+def test_expected_mi_grouped_by_sizes_equals_the_pairwise_sum():
+    # SOP-like: many small classes of few distinct sizes, clusters of many sizes
+    rng = np.random.default_rng(3)
+    a = rng.integers(2, 13, 150)
+    b = np.bincount(rng.integers(0, 120, a.sum()))
+    b = b[b > 0]
+    n = int(a.sum())
+    from math import lgamma as gammaln
+
+    brute = 0.0
+    for ai in a:
+        for bj in b:
+            for m in range(max(1, ai + bj - n), min(ai, bj) + 1):
+                log_p = (
+                    gammaln(ai + 1) + gammaln(bj + 1) + gammaln(n - ai + 1) + gammaln(n - bj + 1)
+                    - gammaln(n + 1) - gammaln(m + 1) - gammaln(ai - m + 1) - gammaln(bj - m + 1)
+                    - gammaln(n - ai - bj + m + 1)
+                )  # fmt: skip
+                brute += m / n * np.log(n * m / (ai * bj)) * np.exp(log_p)
+    assert expected_mutual_information(a, b) == pytest.approx(brute, rel=1e-10)
 
 
 def test_pair_f1_equals_brute_force_pair_counting():
