@@ -45,7 +45,7 @@ def _git_commit() -> str | None:
 
 def _versions() -> dict[str, str]:
     out = {}
-    for pkg in ("torch", "torchvision", "faiss-cpu", "scikit-learn", "numpy", "wandb"):
+    for pkg in ("torch", "torchvision", "numba", "scikit-learn", "numpy", "wandb"):
         try:
             out[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
