@@ -69,7 +69,8 @@ class EvalContext:
         if len(self.query_idx) == 0 or len(self.gallery_idx) == 0:
             raise ValueError("the query and the gallery set must both be non-empty")
         self.seed = seed
-        self.backend = ranking.resolve_backend(backend, self.device)
+        ranking.check_backend(backend, self.device)  # a bad name or device fails here, early
+        self.backend = backend
         self.chunk = chunk
         self.kmeans_iter = kmeans_iter
         self.timings: dict[str, float] = {}

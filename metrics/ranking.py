@@ -25,7 +25,7 @@ and ``mAP_lim`` need), it replaces an O(G log k) selection per query by a bucket
 
 Backends (same integers on CPU; on CUDA the float32 distances may round differently):
 
-* ``numba`` (CPU, default): BLAS computes a distance block, then a parallel numba kernel makes one
+* ``numba`` (CPU, default unless the split is tiny): BLAS computes a distance block, then a parallel numba kernel makes one
   pass per row: each gallery item's bucket among the row's sorted relevant keys comes from a
   lookup table over the float bits of the distances (no binary search, no branch on the data), and
   the bucket counts' prefix sums are the ranks. ~1.3 ns per distance on 2 cores.
@@ -45,6 +45,8 @@ BLOCK_ELEMENTS = (
     2**22
 )  # distance-matrix elements per row block (16 MB in float32; cache-friendlier than larger)
 BACKENDS = ("auto", "numba", "torch")
+NUMBA_MIN_ELEMENTS = 2**18  # auto: below this many distances the torch path is as fast, and numba's
+# one-time import and kernel load (~1 s per process) is not worth paying
 _INT64_MAX = torch.iinfo(torch.int64).max
 PAD = _INT64_MAX  # rank stored beyond a query's R: after every real rank and every cutoff
 
@@ -64,14 +66,21 @@ def have_numba() -> bool:
     return True
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """``auto``: numba on CPU (if installed), torch otherwise; numba on CUDA is an error."""
+def check_backend(backend: str, device: torch.device) -> None:
+    """Fail early on an unknown backend name, or numba asked for on a non-CPU device."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown ranking backend '{backend}'; choose from: {', '.join(BACKENDS)}")
-    if backend == "auto":
-        return "numba" if device.type == "cpu" and have_numba() else "torch"
     if backend == "numba" and device.type != "cpu":
         raise ValueError("the numba backend runs on CPU tensors only; use backend='torch' on CUDA")
+
+
+def resolve_backend(backend: str, device: torch.device, n_distances: int) -> str:
+    """``auto``: numba on CPU (if installed) unless the split is tiny (fewer than
+    NUMBA_MIN_ELEMENTS distances), torch otherwise."""
+    check_backend(backend, device)
+    if backend == "auto":
+        small = n_distances < NUMBA_MIN_ELEMENTS
+        return "numba" if device.type == "cpu" and not small and have_numba() else "torch"
     return backend
 
 
@@ -109,8 +118,8 @@ def relevant_ranks(
     """(Nq, width) int64: the sorted ranks of the first ``width`` relevant items of each query;
     columns beyond a query's R hold :data:`PAD` (larger than any rank or cutoff)."""
     device = x.device
-    backend = resolve_backend(backend, device)
     n_g = len(gallery_idx)
+    backend = resolve_backend(backend, device, len(query_idx) * n_g)
     out = torch.full((len(query_idx), max(0, width)), PAD, dtype=torch.long, device=device)
     if width <= 0 or len(query_idx) == 0 or n_g == 0:
         return out

@@ -310,10 +310,19 @@ def test_ranks_equal_a_full_sort_at_depth():
     assert max(max(w) for w in want) > n // 2  # deep ranks were exercised
 
 
-def test_unknown_or_misplaced_backend_is_an_error():
+def test_unknown_or_misplaced_backend_is_an_error_and_auto_picks_by_size():
+    from metrics.ranking import NUMBA_MIN_ELEMENTS, resolve_backend
+
     x, y = torch.randn(4, 2), torch.tensor([0, 0, 1, 1])
     with pytest.raises(ValueError, match="unknown ranking backend"):
         metrics.compute(["e_recall@1"], x, y, backend="faiss")
+    with pytest.raises(ValueError, match="CPU tensors only"):
+        resolve_backend("numba", torch.device("cuda"), 10**9)
+    cpu = torch.device("cpu")
+    assert resolve_backend("auto", cpu, NUMBA_MIN_ELEMENTS - 1) == "torch"  # tiny: no numba import
+    assert resolve_backend("auto", cpu, NUMBA_MIN_ELEMENTS) == "numba"
+    assert resolve_backend("auto", torch.device("cuda"), 10**9) == "torch"
+    assert resolve_backend("torch", cpu, 10**9) == "torch"
 
 
 def test_cosine_recall_uses_the_angle_not_the_length():
