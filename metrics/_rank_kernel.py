@@ -83,7 +83,7 @@ def run(x, query_idx, g, g_sq, members, start, stop, self_pos, out, rows, distan
     members_np = members.numpy()
     start_np, stop_np, self_np = start.numpy(), stop.numpy(), self_pos.numpy()
     out_np = out.numpy()
-    buf = torch.empty(min(rows, len(query_idx)), len(g))
+    buf = torch.empty(min(rows, len(query_idx)), len(g), dtype=torch.float32)
     for s in range(0, len(query_idx), rows):
         e = min(s + rows, len(query_idx))
         d = distances(x[query_idx[s:e]], g, g_sq, out=buf[: e - s])

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,3 +167,26 @@ def test_main_thins_the_train_split_saves_embeddings_and_logs_arrays(tmp_path):
     saved = np.load(folder / "embeddings_testing.npz")
     assert saved["embeddings"].shape == (896, 128) and int(saved["epoch"]) == 1
     assert summary["selected_epoch"] in (0, 1)
+
+
+def test_forked_dataloader_workers_still_run_after_the_numba_kernel(tmp_path):
+    # main.py evaluates (numba's thread pool starts in the parent) and then forks the next epoch's
+    # DataLoader workers; a fork after a started OpenMP pool must not hang or crash the workers
+    script = tmp_path / "fork.py"
+    script.write_text(
+        "import torch, metrics\n"
+        "x = torch.randn(600, 8); y = torch.arange(600) % 20\n"
+        "r = metrics.compute(['e_recall@1', 'mAP@R'], x, y, backend='numba')\n"
+        "ds = torch.utils.data.TensorDataset(torch.randn(64, 3), torch.arange(64))\n"
+        "ctx = torch.multiprocessing.get_context('fork')\n"
+        "dl = torch.utils.data.DataLoader(ds, batch_size=8, num_workers=2, multiprocessing_context=ctx)\n"
+        "print(sum(int(b[1].sum()) for b in dl), round(r['e_recall@1'], 6))\n"
+    )
+    root = str(Path(__file__).resolve().parents[2])
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=root,
+        env={**os.environ, "PYTHONPATH": root},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    total, recall = out.stdout.split()
+    assert int(total) == sum(range(64)) and 0.0 <= float(recall) <= 1.0
