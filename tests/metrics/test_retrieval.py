@@ -143,6 +143,10 @@ def test_known_answers_on_a_line():
     # 2: rank 1 -> 1 ; 3: 1 ; 4: relevant at ranks 3, 4 -> (1/3 + 2/4)/2
     assert r["mAP_1000"] == pytest.approx((0.75 + 0.75 + 1 + 1 + (1 / 3 + 0.5) / 2) / 5)
     assert r["mAP_lim"] == pytest.approx(r["mAP_1000"])
+    # untruncated AP: every relevant item is within 4 ranks here, so it equals mAP_1000
+    assert r["mAP"] == pytest.approx((0.75 + 0.75 + 1 + 1 + (1 / 3 + 0.5) / 2) / 5)
+    # first relevant at ranks 1, 1, 1, 1, 3
+    assert r["mrr"] == pytest.approx((4 + 1 / 3) / 5)
 
 
 def test_ties_rank_lower_index_first_and_self_is_excluded_by_index():
@@ -308,6 +312,27 @@ def test_ranks_equal_a_full_sort_at_depth():
             assert got[i, : len(want[i])].tolist() == want[i], (backend, i)
             assert (got[i, len(want[i]) :] == PAD).all()
     assert max(max(w) for w in want) > n // 2  # deep ranks were exercised
+
+
+def test_truncation_at_rank_1000_and_1023_against_brute_force():
+    # points on a line; class 0 = items 0, 1, 1010 and 1050, every other item its own class: for
+    # query 0 they rank 1st, 1010th (between the cutoffs) and 1050th (beyond both)
+    n = 1100
+    x = torch.arange(n, dtype=torch.float32)[:, None]
+    y = torch.arange(n)
+    y[[0, 1, 1010, 1050]] = 0
+    q = torch.zeros(n, dtype=torch.bool)
+    q[[0, 1, 1050, 7]] = True  # 7: a singleton class, a recall miss left out of the APs
+    names = ["mAP_1000", "mAP_lim", "mAP", "mAP@R", "e_recall@1000", "mrr"]
+    want = brute_force(x, y, names, q, torch.ones(n, dtype=torch.bool))
+    for backend in ("torch", "numba"):
+        got = metrics.compute(names, x, y, query_mask=q, backend=backend)
+        assert_close(got, want)
+    assert want["mAP"] > want["mAP_lim"] > want["mAP_1000"]  # each cutoff cuts something
+    ap0 = metrics.compute(["mAP_1000", "mAP_lim", "mAP"], x, y, query_mask=torch.arange(n) == 0)
+    assert ap0["mAP_1000"] == pytest.approx(1 / 3)
+    assert ap0["mAP_lim"] == pytest.approx((1 + 2 / 1010) / 3)
+    assert ap0["mAP"] == pytest.approx((1 + 2 / 1010 + 3 / 1050) / 3)
 
 
 def test_unknown_or_misplaced_backend_is_an_error_and_auto_picks_by_size():
