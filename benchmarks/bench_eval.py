@@ -56,14 +56,12 @@ def make_data(scale: str, seed: int = 0):
         labels = np.arange(n) % c
     else:
         lo, hi = spec["sizes"]
-        sizes = np.full(c, lo)
-        extra = n - sizes.sum()
-        # distribute the remaining samples at random without exceeding hi per class
-        while extra > 0:
-            room = np.flatnonzero(sizes < hi)
-            pick = rng.choice(room, size=min(extra, len(room)), replace=False)
-            sizes[pick] += 1
-            extra -= len(pick)
+        # sizes spread over [lo, hi] like SOP's (mostly 2-8, a few up to 12), mean n / c
+        sizes = np.clip(lo + rng.poisson(n / c - lo, c), lo, hi)
+        while (diff := n - int(sizes.sum())) != 0:  # fix the total at random classes with room
+            room = np.flatnonzero(sizes < hi) if diff > 0 else np.flatnonzero(sizes > lo)
+            pick = rng.choice(room, size=min(abs(diff), len(room)), replace=False)
+            sizes[pick] += 1 if diff > 0 else -1
         labels = np.repeat(np.arange(c), sizes)
     labels = rng.permutation(labels)
     centres = rng.normal(size=(c, DIM)) / np.sqrt(DIM)

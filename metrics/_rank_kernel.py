@@ -9,6 +9,12 @@ inside that bin. Items beyond the largest relevant key share one extra bin, so t
 data-dependent branch but that short advance (a branch per item made it 2.5× slower). The prefix
 sums of the bucket counts are the ranks. Everything is integer arithmetic, so the result is exact
 and independent of the thread count.
+
+Sparse rows: when the relevant items are all near the query (small classes, as in SOP), most of
+the row lies beyond the largest relevant distance. A row whose 256 evenly spaced sample columns
+put fewer than 1/8 at or below it takes a branchy pass instead, which skips those items after one
+compare; the branch is then well predicted (SOP scale: 0.45 instead of 1.3 ns per distance; rows
+of CUB's 59-image classes stay on the branchless pass). Both passes give the same counts.
 """
 
 from __future__ import annotations
@@ -32,8 +38,39 @@ def _count_row(row, keys, lut, lo, nbins, shift, counts):
         counts[bucket] += 1
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _count_row_sparse(row, keys, n, lut, lo, nbins, shift, counts):
+    last = keys[n - 1]
+    hi = np.int32(last >> 32)
+    for g in range(row.shape[0]):
+        if row[g] > hi:  # beyond every relevant item: the common, well-predicted case
+            continue
+        v = max(np.int64(row[g]), 0)
+        key = (v << 32) | g
+        if key > last:
+            continue
+        bucket = lut[min(max(v - lo, 0) >> shift, nbins)]
+        while keys[bucket] < key:
+            bucket += 1
+        counts[bucket] += 1
+
+
+@njit(cache=True, nogil=True)
+def _is_sparse(row, hi_bits, mode):
+    """mode 0: decide from 256 evenly spaced columns; 1: always dense; 2: always sparse."""
+    if mode != 0:
+        return mode == 2
+    step = max(1, row.shape[0] // 256)
+    below = 0
+    samples = 0
+    for g in range(0, row.shape[0], step):
+        below += max(np.int64(row[g]), 0) <= hi_bits
+        samples += 1
+    return below * 8 < samples
+
+
 @njit(parallel=True, cache=True, nogil=True)
-def _rank_block(bits, members, start, stop, self_pos, out):  # pragma: no cover - compiled
+def _rank_block(bits, members, start, stop, self_pos, out, mode):  # pragma: no cover - compiled
     n_rows = bits.shape[0]
     width = out.shape[1]
     for i in prange(n_rows):
@@ -64,7 +101,11 @@ def _rank_block(bits, members, start, stop, self_pos, out):  # pragma: no cover 
             lut[j] = h
         lut[nbins] = n  # everything above the largest relevant distance
         counts = np.zeros(n + 1, np.int64)
-        _count_row(bits[i], keys, lut, lo, nbins, shift, counts)
+        row = bits[i]
+        if _is_sparse(row, keys[n - 1] >> 32, mode):
+            _count_row_sparse(row, keys, n, lut, lo, nbins, shift, counts)
+        else:
+            _count_row(row, keys, lut, lo, nbins, shift, counts)
         if own >= 0:  # the query itself was counted above: take it out again
             key = (max(np.int64(bits[i, own]), 0) << 32) | own
             b = 0
@@ -77,8 +118,9 @@ def _rank_block(bits, members, start, stop, self_pos, out):  # pragma: no cover 
             out[i, h] = acc
 
 
-def run(x, query_idx, g, g_sq, members, start, stop, self_pos, out, rows, distances) -> None:
-    """Fill ``out`` (Nq, W) block by block: BLAS distances, then the kernel on the block."""
+def run(x, query_idx, g, g_sq, members, start, stop, self_pos, out, rows, distances, mode=0) -> None:
+    """Fill ``out`` (Nq, W) block by block: BLAS distances, then the kernel on the block.
+    ``mode``: 0 picks the dense or sparse pass per row, 1 / 2 force one (for tests)."""
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     members_np = members.numpy()
     start_np, stop_np, self_np = start.numpy(), stop.numpy(), self_pos.numpy()
@@ -88,5 +130,11 @@ def run(x, query_idx, g, g_sq, members, start, stop, self_pos, out, rows, distan
         e = min(s + rows, len(query_idx))
         d = distances(x[query_idx[s:e]], g, g_sq, out=buf[: e - s])
         _rank_block(
-            d.numpy().view(np.int32), members_np, start_np[s:e], stop_np[s:e], self_np[s:e], out_np[s:e]
+            d.numpy().view(np.int32),
+            members_np,
+            start_np[s:e],
+            stop_np[s:e],
+            self_np[s:e],
+            out_np[s:e],
+            mode,
         )

@@ -276,6 +276,10 @@ def test_ties_everywhere_equal_brute_force():
         assert_close(metrics.compute(names, x, y, backend=backend), want)
         for chunk in (1, 7):
             assert_close(metrics.compute(names, x, y, backend=backend, chunk=chunk), want)
+    idx = torch.arange(60)
+    ref = relevant_ranks(x, y, idx, idx, 30, backend="torch")
+    for mode in (1, 2):  # ties inside the dense and the sparse pass of the kernel
+        assert torch.equal(relevant_ranks(x, y, idx, idx, 30, backend="numba", numba_mode=mode), ref)
 
 
 def test_numba_equals_torch_and_chunked_equals_unchunked():
@@ -285,7 +289,10 @@ def test_numba_equals_torch_and_chunked_equals_unchunked():
     g = torch.nonzero(torch.tensor(rng.random(len(y)) < 0.8)).flatten()
     for query, gallery in ((torch.arange(len(y)), torch.arange(len(y))), (q, g)):
         ref = relevant_ranks(x, y, query, gallery, 12, backend="torch")
-        assert torch.equal(relevant_ranks(x, y, query, gallery, 12, backend="numba"), ref)
+        for mode in (0, 1, 2):  # the kernel's own choice per row, all dense, all sparse
+            assert torch.equal(
+                relevant_ranks(x, y, query, gallery, 12, backend="numba", numba_mode=mode), ref
+            )
         for chunk in (1, 13, 10**6):
             assert torch.equal(relevant_ranks(x, y, query, gallery, 12, backend="torch", chunk=chunk), ref)
             assert torch.equal(relevant_ranks(x, y, query, gallery, 12, backend="numba", chunk=chunk), ref)
@@ -306,10 +313,10 @@ def test_ranks_equal_a_full_sort_at_depth():
     for i in range(n):
         rel = (y == y[i]) & (torch.arange(n) != i)
         want.append(sorted(rank_of[i][rel].tolist()))
-    for backend in ("torch", "numba"):
-        got = relevant_ranks(x, y, torch.arange(n), torch.arange(n), 40, backend=backend)
+    for backend, mode in (("torch", 0), ("numba", 1), ("numba", 2)):
+        got = relevant_ranks(x, y, torch.arange(n), torch.arange(n), 40, backend=backend, numba_mode=mode)
         for i in range(n):
-            assert got[i, : len(want[i])].tolist() == want[i], (backend, i)
+            assert got[i, : len(want[i])].tolist() == want[i], (backend, mode, i)
             assert (got[i, len(want[i]) :] == PAD).all()
     assert max(max(w) for w in want) > n // 2  # deep ranks were exercised
 
