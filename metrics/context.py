@@ -187,6 +187,7 @@ class EvalContext:
                     niter=self.kmeans_iter,
                     spherical=view == "cosine",
                     chunk=self.chunk,
+                    backend=self.backend,
                 )
         return self._clusters[view]
 

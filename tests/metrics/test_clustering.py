@@ -13,7 +13,7 @@ from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_s
 import metrics
 from metrics.clustering import ami, expected_mutual_information, nmi, pair_f1
 from metrics.context import EvalContext
-from metrics.kmeans import kmeans
+from metrics.kmeans import kmeans, nearest_two
 from tests.metrics.test_retrieval import clustered
 
 
@@ -94,6 +94,26 @@ def test_kmeans_equals_sklearn_lloyd_from_the_same_initialisation():
     )
     assert normalized_mutual_info_score(ours, theirs) == pytest.approx(1.0)
     assert np.array_equal(kmeans(x, k, seed=seed, niter=50, chunk=7).numpy(), ours)
+
+
+def test_numba_nearest_two_and_kmeans_equal_the_torch_path():
+    x, _ = clustered(n_classes=30, dim=8, seed=5, min_size=3, max_size=15)
+    c = x[:12].clone()
+    c[5] = c[2]  # duplicate centroids: a tie for the points nearest to them (lower index wins)
+    c[9] = c[2]
+    for chunk in (None, 7):
+        ref = nearest_two(x, c, chunk, backend="torch")
+        got = nearest_two(x, c, chunk, backend="numba")
+        assert torch.equal(got[0], ref[0]) and (got[0] != 5).all() and (got[0] != 9).all()
+        assert torch.equal(got[1], ref[1]) and torch.equal(got[2], ref[2])
+        # a tie makes the second-nearest distance equal to the nearest one
+        tied = ref[0] == 2
+        assert tied.any() and torch.equal(ref[1][tied], ref[2][tied])
+    one = nearest_two(x, c[:1], backend="numba")
+    assert (one[0] == 0).all() and torch.isinf(one[2]).all()
+    for spherical in (False, True):
+        want = kmeans(x, 30, seed=2, spherical=spherical, backend="torch")
+        assert torch.equal(kmeans(x, 30, seed=2, spherical=spherical, backend="numba"), want)
 
 
 def test_kmeans_recovers_separated_blobs_and_is_seeded():

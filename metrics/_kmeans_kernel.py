@@ -1,0 +1,41 @@
+"""The numba CPU kernel of :func:`metrics.kmeans.nearest_two` (imported only when it runs).
+
+One pass per row of a distance block finds the nearest centroid (the first one on a tie, as
+``torch.argmin``), its distance and the second smallest distance (equal to the first on a tie), the
+same values the torch path gets from ``argmin``, ``gather``, ``scatter_`` and ``min``, in one read
+instead of four. At SOP scale (11k centroids) that is most of the k-means time after the matrix
+product. Rows in parallel; the result does not depend on the thread count.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+from numba import njit, prange
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _min2_block(d, assign, first, second):  # pragma: no cover - compiled
+    for i in prange(d.shape[0]):
+        m1 = np.inf
+        m2 = np.inf
+        a = 0
+        for j in range(d.shape[1]):
+            v = d[i, j]
+            if v < m2:  # rare once the row's two smallest are found: a well-predicted branch
+                if v < m1:
+                    m2 = m1
+                    m1 = v
+                    a = j
+                else:
+                    m2 = v
+        assign[i] = a
+        first[i] = m1
+        second[i] = m2
+
+
+def min2(d: torch.Tensor, assign: torch.Tensor, first: torch.Tensor, second: torch.Tensor) -> None:
+    """Fill ``assign`` (int64), ``first`` and ``second`` (float32) from the CPU block ``d``."""
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    _min2_block(d.numpy(), assign.numpy(), first.numpy(), second.numpy())
