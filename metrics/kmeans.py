@@ -17,8 +17,8 @@
   centroids). The result is that of plain Lloyd; the work shrinks as the centroids settle, which
   matters at SOP scale (11k clusters). The nearest and second-nearest centroid of a block come from
   torch (``argmin`` + ``min``; CPU or CUDA) or, on CPU, from one numba pass over the block
-  (:mod:`metrics._kmeans_kernel`; SOP scale: k-means in 6.4 instead of 9.3 s); both read the same block,
-  so every backend gives the same clusters.
+  (:mod:`metrics._kmeans_kernel`; ~1.5× faster k-means at SOP scale); both read the same
+  distance block, so every backend gives the same clusters.
 * **Update**: the mean of the members; an empty cluster keeps its previous centroid (faiss instead
   splits a large cluster; keeping it is deterministic and backend-independent).
 * **Spherical** (cosine, ``c_nmi``/``c_f1``): rows are L2-normalised and centroids are
