@@ -123,6 +123,20 @@ def should_evaluate(split: str, epoch: int, opt) -> bool:
     return split != "evaluation" or (epoch + 1) % every == 0 or epoch == opt.n_epochs - 1
 
 
+def check_backend(opt, metric_device: torch.device) -> None:
+    """Before training: ``--eval_backend`` must run where the metrics are computed (numba is CPU
+    only), so a bad combination never costs a finished epoch."""
+    from metrics.ranking import check_backend as _check
+    from utilities.errors import ConfigError
+
+    try:
+        _check(getattr(opt, "eval_backend", "auto"), metric_device)
+    except ValueError as err:
+        raise ConfigError(
+            f"--eval_backend {opt.eval_backend} with metrics on {metric_device}: {err}"
+        ) from None
+
+
 def eval_options(opt, split: str, folder: Path, epoch: int) -> dict:
     """The keyword arguments of :func:`evaluate_split` that come from the evaluation flags."""
     return {

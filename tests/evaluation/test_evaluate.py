@@ -190,3 +190,13 @@ def test_forked_dataloader_workers_still_run_after_the_numba_kernel(tmp_path):
     assert out.returncode == 0, out.stderr
     total, recall = out.stdout.split()
     assert int(total) == sum(range(64)) and 0.0 <= float(recall) <= 1.0
+
+
+def test_numba_backend_with_metrics_on_cuda_is_a_config_error_before_training():
+    from types import SimpleNamespace
+
+    with pytest.raises(ConfigError, match="CPU tensors only"):
+        evaluation.check_backend(SimpleNamespace(eval_backend="numba"), torch.device("cuda"))
+    for backend in ("auto", "torch"):
+        evaluation.check_backend(SimpleNamespace(eval_backend=backend), torch.device("cuda"))
+    evaluation.check_backend(SimpleNamespace(eval_backend="numba"), torch.device("cpu"))
