@@ -6,6 +6,7 @@ Only torch is imported, so ``criteria/<loss>.py`` + this file can be dropped int
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 # Tuple kinds a batch miner can produce and a criterion can consume. Compatibility between a loss
 # and a miner is checked on these kinds (never on a miner's name).
@@ -147,3 +148,28 @@ def additive_angular_margin(cos_target: torch.Tensor, margin: torch.Tensor | flo
 def replace_target(logits: torch.Tensor, labels: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``logits`` with entry (i, labels[i]) replaced by target[i] (out of place, differentiable)."""
     return logits.scatter(1, labels[:, None], target[:, None].to(logits.dtype))
+
+
+class PairBasedLoss(nn.Module):
+    """Base of the losses that compare the batch's embeddings with each other (no class proxies).
+
+    ``forward`` is :meth:`cross_loss` of the batch against itself; cross-batch memory calls
+    ``cross_loss`` with the memory as the reference set. A subclass sets ``Hparams`` (its
+    hyperparameter dataclass) and implements ``cross_loss(queries, q_labels, ref, ref_labels)``.
+    """
+
+    Hparams: type
+
+    def __init__(self, batchminer=None, **hparams) -> None:
+        super().__init__()
+        self.hp = self.Hparams(**hparams)
+        self.batchminer = batchminer
+
+    def forward(self, batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """batch: (B, D) embeddings; labels: (B,) class ids. Returns a scalar."""
+        return self.cross_loss(batch, labels, batch, labels)
+
+    def cross_loss(
+        self, queries: torch.Tensor, q_labels: torch.Tensor, ref: torch.Tensor, ref_labels: torch.Tensor
+    ) -> torch.Tensor:
+        raise NotImplementedError

@@ -27,10 +27,9 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 from torch.nn.functional import normalize
 
-from criteria._common import NPAIR, keep_anchors, masked_logsumexp, zero_loss
+from criteria._common import NPAIR, PairBasedLoss, keep_anchors, masked_logsumexp, zero_loss
 
 
 @dataclass
@@ -40,7 +39,7 @@ class AngularHparams:
     npair_l2: float = field(default=0.005, metadata={"help": "weight of the ‖x‖ regulariser"})
 
 
-class AngularLoss(nn.Module):
+class AngularLoss(PairBasedLoss):
     """N-pair + angular loss (Wang et al. 2017)."""
 
     name = "angular"
@@ -48,15 +47,6 @@ class AngularLoss(nn.Module):
     requires_miner = True
     tuple_kind = NPAIR
     supports_xbm = True
-
-    def __init__(self, batchminer=None, **hparams) -> None:
-        super().__init__()
-        self.hp = AngularHparams(**hparams)
-        self.batchminer = batchminer
-
-    def forward(self, batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """batch: (B, D) embeddings; labels: (B,) class ids. Returns a scalar."""
-        return self.cross_loss(batch, labels, batch, labels)
 
     def cross_loss(
         self, queries: torch.Tensor, q_labels: torch.Tensor, ref: torch.Tensor, ref_labels: torch.Tensor

@@ -20,10 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 from torch.nn.functional import normalize, softplus
 
-from criteria._common import cross_label_masks, masked_logsumexp
+from criteria._common import PairBasedLoss, cross_label_masks, masked_logsumexp
 
 
 @dataclass
@@ -32,7 +31,7 @@ class CircleHparams:
     gamma: float = field(default=80.0, metadata={"help": "scale γ"})
 
 
-class CircleLoss(nn.Module):
+class CircleLoss(PairBasedLoss):
     """Circle loss (Sun et al. 2020) over all pairs of the batch."""
 
     name = "circle"
@@ -40,14 +39,6 @@ class CircleLoss(nn.Module):
     requires_miner = False
     tuple_kind = None
     supports_xbm = True
-
-    def __init__(self, batchminer=None, **hparams) -> None:
-        super().__init__()
-        self.hp = CircleHparams(**hparams)
-
-    def forward(self, batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """batch: (B, D) embeddings; labels: (B,) class ids. Returns a scalar."""
-        return self.cross_loss(batch, labels, batch, labels)
 
     def cross_loss(
         self, queries: torch.Tensor, q_labels: torch.Tensor, ref: torch.Tensor, ref_labels: torch.Tensor

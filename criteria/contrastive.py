@@ -21,9 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
-from criteria._common import TRIPLETS, keep_anchors, row_distances, zero_loss
+from criteria._common import TRIPLETS, PairBasedLoss, keep_anchors, row_distances, zero_loss
 
 
 @dataclass
@@ -33,7 +32,7 @@ class ContrastiveHparams:
     power: float = field(default=1.0, metadata={"help": "exponent q of the hinges (2: Hadsell et al.)"})
 
 
-class ContrastiveLoss(nn.Module):
+class ContrastiveLoss(PairBasedLoss):
     """Contrastive loss over the (a, p) and (a, n) pairs of mined triplets."""
 
     name = "contrastive"
@@ -41,15 +40,6 @@ class ContrastiveLoss(nn.Module):
     requires_miner = True
     tuple_kind = TRIPLETS
     supports_xbm = True
-
-    def __init__(self, batchminer=None, **hparams) -> None:
-        super().__init__()
-        self.hp = ContrastiveHparams(**hparams)
-        self.batchminer = batchminer
-
-    def forward(self, batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """batch: (B, D) embeddings; labels: (B,) class ids. Returns a scalar."""
-        return self.cross_loss(batch, labels, batch, labels)
 
     def cross_loss(
         self, queries: torch.Tensor, q_labels: torch.Tensor, ref: torch.Tensor, ref_labels: torch.Tensor

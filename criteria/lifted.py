@@ -26,9 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
-from criteria._common import LIFTED, cross_distances, keep_anchors, masked_logsumexp, zero_loss
+from criteria._common import LIFTED, PairBasedLoss, cross_distances, keep_anchors, masked_logsumexp, zero_loss
 
 
 @dataclass
@@ -37,7 +36,7 @@ class LiftedHparams:
     l2: float = field(default=0.005, metadata={"help": "weight of the ‖x‖ regulariser"})
 
 
-class LiftedLoss(nn.Module):
+class LiftedLoss(PairBasedLoss):
     """Generalised lifted structure loss over (anchor, positive-mask, negative-mask) tuples."""
 
     name = "lifted"
@@ -45,15 +44,6 @@ class LiftedLoss(nn.Module):
     requires_miner = True
     tuple_kind = LIFTED
     supports_xbm = True
-
-    def __init__(self, batchminer=None, **hparams) -> None:
-        super().__init__()
-        self.hp = LiftedHparams(**hparams)
-        self.batchminer = batchminer
-
-    def forward(self, batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """batch: (B, D) embeddings; labels: (B,) class ids. Returns a scalar."""
-        return self.cross_loss(batch, labels, batch, labels)
 
     def cross_loss(
         self, queries: torch.Tensor, q_labels: torch.Tensor, ref: torch.Tensor, ref_labels: torch.Tensor

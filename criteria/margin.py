@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from criteria._common import TRIPLETS, check_labels, keep_anchors, row_distances, zero_loss
+from criteria._common import TRIPLETS, PairBasedLoss, check_labels, keep_anchors, row_distances, zero_loss
 
 
 @dataclass
@@ -40,7 +40,7 @@ class MarginHparams:
     n_classes: int = field(default=1, metadata={"global": "n_classes"})
 
 
-class MarginLoss(nn.Module):
+class MarginLoss(PairBasedLoss):
     """Margin loss (Wu et al. 2017) with a learnable boundary per class."""
 
     name = "margin"
@@ -50,9 +50,7 @@ class MarginLoss(nn.Module):
     supports_xbm = True
 
     def __init__(self, batchminer=None, **hparams) -> None:
-        super().__init__()
-        self.hp = MarginHparams(**hparams)
-        self.batchminer = batchminer
+        super().__init__(batchminer, **hparams)
         beta = torch.full((self.hp.n_classes,), float(self.hp.beta))
         if self.hp.beta_constant:
             self.register_buffer("beta", beta)
@@ -64,10 +62,6 @@ class MarginLoss(nn.Module):
         if self.hp.beta_constant:
             return []
         return [{"params": [self.beta], "lr": self.hp.beta_lr, "weight_decay": 0.0, "name": "margin_beta"}]
-
-    def forward(self, batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """batch: (B, D) embeddings; labels: (B,) class ids in [0, n_classes). Returns a scalar."""
-        return self.cross_loss(batch, labels, batch, labels)
 
     def cross_loss(
         self, queries: torch.Tensor, q_labels: torch.Tensor, ref: torch.Tensor, ref_labels: torch.Tensor

@@ -33,10 +33,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 from torch.nn.functional import normalize
 
-from criteria._common import cross_label_masks
+from criteria._common import PairBasedLoss, cross_label_masks
 
 
 @dataclass
@@ -54,7 +53,7 @@ def _log1p_sum_exp(z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(torch.cat([zeros, z], dim=1), dim=1)
 
 
-class MultiSimilarityLoss(nn.Module):
+class MultiSimilarityLoss(PairBasedLoss):
     """Multi-Similarity loss (Wang et al. 2019) with its own pair mining."""
 
     name = "multisimilarity"
@@ -62,14 +61,6 @@ class MultiSimilarityLoss(nn.Module):
     requires_miner = False
     tuple_kind = None
     supports_xbm = True
-
-    def __init__(self, batchminer=None, **hparams) -> None:
-        super().__init__()
-        self.hp = MultiSimilarityHparams(**hparams)
-
-    def forward(self, batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """batch: (B, D) L2-normalised embeddings; labels: (B,). Returns a scalar."""
-        return self.cross_loss(batch, labels, batch, labels)
 
     def cross_loss(
         self, queries: torch.Tensor, q_labels: torch.Tensor, ref: torch.Tensor, ref_labels: torch.Tensor

@@ -28,9 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
-from criteria._common import NPAIR, keep_anchors, masked_logsumexp, zero_loss
+from criteria._common import NPAIR, PairBasedLoss, keep_anchors, masked_logsumexp, zero_loss
 
 
 @dataclass
@@ -41,7 +40,7 @@ class NpairHparams:
     )
 
 
-class NpairLoss(nn.Module):
+class NpairLoss(PairBasedLoss):
     """N-pair loss (Sohn 2016) over (anchor, positive, negative-mask) tuples."""
 
     name = "npair"
@@ -49,15 +48,6 @@ class NpairLoss(nn.Module):
     requires_miner = True
     tuple_kind = NPAIR
     supports_xbm = True
-
-    def __init__(self, batchminer=None, **hparams) -> None:
-        super().__init__()
-        self.hp = NpairHparams(**hparams)
-        self.batchminer = batchminer
-
-    def forward(self, batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """batch: (B, D) embeddings; labels: (B,) class ids. Returns a scalar."""
-        return self.cross_loss(batch, labels, batch, labels)
 
     def cross_loss(
         self, queries: torch.Tensor, q_labels: torch.Tensor, ref: torch.Tensor, ref_labels: torch.Tensor

@@ -25,9 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
-from criteria._common import TRIPLETS, cross_distances, keep_anchors, row_distances, zero_loss
+from criteria._common import TRIPLETS, PairBasedLoss, cross_distances, keep_anchors, row_distances, zero_loss
 
 
 @dataclass
@@ -36,7 +35,7 @@ class QuadrupletHparams:
     margin_alpha_2: float = field(default=0.2, metadata={"help": "α₂, margin of the negative-pair term"})
 
 
-class QuadrupletLoss(nn.Module):
+class QuadrupletLoss(PairBasedLoss):
     """Quadruplet loss (Chen et al. 2017) on mined triplets plus every third-class sample."""
 
     name = "quadruplet"
@@ -44,15 +43,6 @@ class QuadrupletLoss(nn.Module):
     requires_miner = True
     tuple_kind = TRIPLETS
     supports_xbm = True
-
-    def __init__(self, batchminer=None, **hparams) -> None:
-        super().__init__()
-        self.hp = QuadrupletHparams(**hparams)
-        self.batchminer = batchminer
-
-    def forward(self, batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """batch: (B, D) embeddings; labels: (B,) class ids. Returns a scalar."""
-        return self.cross_loss(batch, labels, batch, labels)
 
     def cross_loss(
         self, queries: torch.Tensor, q_labels: torch.Tensor, ref: torch.Tensor, ref_labels: torch.Tensor

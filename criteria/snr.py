@@ -28,9 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
-from criteria._common import TRIPLETS, keep_anchors, zero_loss
+from criteria._common import TRIPLETS, PairBasedLoss, keep_anchors, zero_loss
 
 
 @dataclass
@@ -44,7 +43,7 @@ def snr_distance(anchors: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
     return (others - anchors).var(dim=1) / anchors.var(dim=1)
 
 
-class SnrLoss(nn.Module):
+class SnrLoss(PairBasedLoss):
     """SNR-distance triplet loss (Yuan et al. 2019)."""
 
     name = "snr"
@@ -52,15 +51,6 @@ class SnrLoss(nn.Module):
     requires_miner = True
     tuple_kind = TRIPLETS
     supports_xbm = True
-
-    def __init__(self, batchminer=None, **hparams) -> None:
-        super().__init__()
-        self.hp = SnrHparams(**hparams)
-        self.batchminer = batchminer
-
-    def forward(self, batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """batch: (B, D) embeddings; labels: (B,) class ids. Returns a scalar."""
-        return self.cross_loss(batch, labels, batch, labels)
 
     def cross_loss(
         self, queries: torch.Tensor, q_labels: torch.Tensor, ref: torch.Tensor, ref_labels: torch.Tensor

@@ -19,10 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 from torch.nn.functional import normalize
 
-from criteria._common import cross_label_masks, masked_logsumexp
+from criteria._common import PairBasedLoss, cross_label_masks, masked_logsumexp
 
 
 @dataclass
@@ -30,7 +29,7 @@ class SupconHparams:
     temperature: float = field(default=0.1, metadata={"help": "temperature τ"})
 
 
-class SupConLoss(nn.Module):
+class SupConLoss(PairBasedLoss):
     """Supervised contrastive loss (Khosla et al. 2020)."""
 
     name = "supcon"
@@ -38,14 +37,6 @@ class SupConLoss(nn.Module):
     requires_miner = False
     tuple_kind = None
     supports_xbm = True
-
-    def __init__(self, batchminer=None, **hparams) -> None:
-        super().__init__()
-        self.hp = SupconHparams(**hparams)
-
-    def forward(self, batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """batch: (B, D) embeddings; labels: (B,) class ids. Returns a scalar."""
-        return self.cross_loss(batch, labels, batch, labels)
 
     def cross_loss(
         self, queries: torch.Tensor, q_labels: torch.Tensor, ref: torch.Tensor, ref_labels: torch.Tensor

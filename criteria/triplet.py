@@ -18,9 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
-from criteria._common import TRIPLETS, keep_anchors, row_distances, zero_loss
+from criteria._common import TRIPLETS, PairBasedLoss, keep_anchors, row_distances, zero_loss
 
 
 @dataclass
@@ -28,7 +27,7 @@ class TripletHparams:
     margin: float = field(default=0.2, metadata={"help": "margin m between squared d(a,p) and d(a,n)"})
 
 
-class TripletLoss(nn.Module):
+class TripletLoss(PairBasedLoss):
     """Triplet loss with squared Euclidean distances over mined triplets."""
 
     name = "triplet"
@@ -36,15 +35,6 @@ class TripletLoss(nn.Module):
     requires_miner = True
     tuple_kind = TRIPLETS
     supports_xbm = True
-
-    def __init__(self, batchminer=None, **hparams) -> None:
-        super().__init__()
-        self.hp = TripletHparams(**hparams)
-        self.batchminer = batchminer
-
-    def forward(self, batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """batch: (B, D) embeddings; labels: (B,) class ids. Returns a scalar."""
-        return self.cross_loss(batch, labels, batch, labels)
 
     def cross_loss(
         self, queries: torch.Tensor, q_labels: torch.Tensor, ref: torch.Tensor, ref_labels: torch.Tensor
