@@ -23,7 +23,7 @@ import batch_mining
 import criteria
 import datasampler
 import datasets
-from evaluation import check_backend, eval_options, evaluate_split, format_results, should_evaluate
+from evaluation import check_options, eval_options, evaluate_split, format_results, should_evaluate
 from evaluation.selection import improved, selection_split
 from utilities import checkpoint, run_state
 from utilities.errors import ConfigError
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     seed_everything(opt.seed)
     device = resolve_device(opt.device, opt.gpu)
     metric_device = device if opt.evaluate_on_gpu else torch.device("cpu")
-    check_backend(opt, metric_device)
+    check_options(opt, metric_device)
 
     # ---- data ---------------------------------------------------------------------------------
     splits = datasets.select(opt.dataset, opt)

@@ -157,6 +157,7 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> None:
     ev.add_argument(
         "--storage_metrics",
         nargs="+",
+        type=metric_name,
         default=["e_recall@1"],
         help="the first one selects the best epoch (on validation if present, else test)",
     )

@@ -123,18 +123,27 @@ def should_evaluate(split: str, epoch: int, opt) -> bool:
     return split != "evaluation" or (epoch + 1) % every == 0 or epoch == opt.n_epochs - 1
 
 
-def check_backend(opt, metric_device: torch.device) -> None:
-    """Before training: ``--eval_backend`` must run where the metrics are computed (numba is CPU
-    only), so a bad combination never costs a finished epoch."""
-    from metrics.ranking import check_backend as _check
+def check_options(opt, metric_device: torch.device) -> None:
+    """Before training, so a bad combination never costs a finished epoch: ``--eval_backend``
+    must run where the metrics are computed (numba is CPU only), and the selection metric (the
+    first ``--storage_metrics``) must be a scalar that ``--evaluation_metrics`` computes."""
+    from metrics.ranking import check_backend
     from utilities.errors import ConfigError
 
     try:
-        _check(getattr(opt, "eval_backend", "auto"), metric_device)
+        check_backend(getattr(opt, "eval_backend", "auto"), metric_device)
     except ValueError as err:
         raise ConfigError(
             f"--eval_backend {opt.eval_backend} with metrics on {metric_device}: {err}"
         ) from None
+    key = opt.storage_metrics[0]
+    if key not in opt.evaluation_metrics:
+        raise ConfigError(
+            f"--storage_metrics {key}: the selection metric must be one of --evaluation_metrics "
+            f"({' '.join(opt.evaluation_metrics)})"
+        )
+    if metrics.returns_array(key):
+        raise ConfigError(f"--storage_metrics {key}: an array metric cannot select an epoch")
 
 
 def eval_options(opt, split: str, folder: Path, epoch: int) -> dict:

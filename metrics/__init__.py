@@ -76,6 +76,11 @@ def validate(names: list[str]) -> None:
         parse(name)
 
 
+def returns_array(name: str) -> bool:
+    """Whether the metric ``name`` yields an array (``rho_spectrum@0``), not a scalar."""
+    return bool(getattr(parse(name), "returns_array", False))
+
+
 def is_array(value: object) -> bool:
     """Array-valued metric results (``rho_spectrum@0``) are lists; everything else is a float."""
     return isinstance(value, (list, tuple))

@@ -46,6 +46,10 @@ class RhoSpectrum:
         if self.m is None:
             raise ValueError("rho_spectrum needs an integer m, e.g. rho_spectrum@2 (0: the spectrum)")
 
+    @property
+    def returns_array(self) -> bool:
+        return self.m == 0
+
     def ranks_needed(self, ctx: EvalContext) -> int:
         return 0
 

@@ -192,11 +192,22 @@ def test_forked_dataloader_workers_still_run_after_the_numba_kernel(tmp_path):
     assert int(total) == sum(range(64)) and 0.0 <= float(recall) <= 1.0
 
 
-def test_numba_backend_with_metrics_on_cuda_is_a_config_error_before_training():
+def test_bad_backend_or_selection_metric_is_a_config_error_before_training():
     from types import SimpleNamespace
 
+    def opt(backend="auto", storage=("e_recall@1",), computed=("e_recall@1", "rho_spectrum@0")):
+        return SimpleNamespace(
+            eval_backend=backend, storage_metrics=list(storage), evaluation_metrics=list(computed)
+        )
+
     with pytest.raises(ConfigError, match="CPU tensors only"):
-        evaluation.check_backend(SimpleNamespace(eval_backend="numba"), torch.device("cuda"))
+        evaluation.check_options(opt("numba"), torch.device("cuda"))
     for backend in ("auto", "torch"):
-        evaluation.check_backend(SimpleNamespace(eval_backend=backend), torch.device("cuda"))
-    evaluation.check_backend(SimpleNamespace(eval_backend="numba"), torch.device("cpu"))
+        evaluation.check_options(opt(backend), torch.device("cuda"))
+    evaluation.check_options(opt("numba"), torch.device("cpu"))
+    # a selection metric that is never computed would silently select nothing
+    with pytest.raises(ConfigError, match="must be one of --evaluation_metrics"):
+        evaluation.check_options(opt(storage=["mAP@R"]), torch.device("cpu"))
+    # an array cannot be compared across epochs
+    with pytest.raises(ConfigError, match="array metric"):
+        evaluation.check_options(opt(storage=["rho_spectrum@0"]), torch.device("cpu"))
