@@ -241,7 +241,13 @@ def load_local_weights(module: nn.Module, path: str, arch: str) -> None:
                 key = key[len(prefix) :]
         cleaned[key] = value
     own = module.state_dict()
-    cleaned = {k: v for k, v in cleaned.items() if not k.startswith(CLASSIFIER_KEYS)}  # replaced anyway
+    # an ImageNet classifier is replaced by the embedding head anyway; but a head-prefixed weight
+    # that the model has with the same shape (timm ConvNeXt's ``head.norm``) is a real weight
+    cleaned = {
+        k: v
+        for k, v in cleaned.items()
+        if not k.startswith(CLASSIFIER_KEYS) or (k in own and own[k].shape == v.shape)
+    }
     bad = [k for k, v in cleaned.items() if k in own and own[k].shape != v.shape]
     if bad:
         raise ConfigError(f"--pretrained_path {path} does not fit {arch}: shape mismatch in {bad[:5]}")

@@ -182,10 +182,15 @@ def test_float_input_is_taken_as_normalised():
 # ---- weights --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "googlenet", "bninception", "timm:resnet18"])
+@pytest.mark.parametrize(
+    "arch", ["resnet18", "googlenet", "bninception", "timm:resnet18", "timm:convnextv2_atto"]
+)
 def test_pretrained_path_round_trip(tmp_path, arch):
     torch.manual_seed(1)
     source = architectures.select(arch, opt())
+    with torch.no_grad():  # every weight unlike a fresh init (norms start at 1, biases at 0)
+        for p in source.backbone.parameters():
+            p.add_(torch.randn_like(p))
     path = tmp_path / "weights.pt"
     torch.save(source.backbone.state_dict(), path)
     torch.manual_seed(2)
