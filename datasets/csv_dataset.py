@@ -81,6 +81,11 @@ class CSVDataset(ImageDataset):
             raise ConfigError(
                 f"csv: {file} has {has_qg.pop()} but not its partner; give both is_query and is_gallery"
             )
+        needed = ["path", "label", "split", *sorted(has_qg)]
+        for i, r in enumerate(rows):  # DictReader fills a short row's missing fields with None
+            short = [c for c in needed if r.get(c) is None]
+            if short:
+                raise ConfigError(f"csv: {file} row {i + 2} has no value for {short}")
         base = file.parent
         split = np.asarray([r["split"].strip().lower() for r in rows], dtype=object)
         split[split == "val"] = "validation"

@@ -31,7 +31,7 @@ N_TRAIN_CLASSES = 100
 def list_class_folders(images: Path, dataset: str) -> list[tuple[int, Path]]:
     """(class id, folder) for folders named ``<number>.<name>`` (or ``<number>_<name>``)."""
     out = []
-    for folder in sorted(p for p in images.iterdir() if p.is_dir() and not p.name.startswith("._")):
+    for folder in sorted(p for p in images.iterdir() if p.is_dir() and not p.name.startswith(".")):
         match = re.match(r"^(\d+)[._ -]?", folder.name)
         if match is None:
             raise ConfigError(
@@ -45,7 +45,7 @@ def list_images(folder: Path) -> list[str]:
     return sorted(
         str(p)
         for p in folder.iterdir()
-        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("._") and p.is_file()
+        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
     )
 
 

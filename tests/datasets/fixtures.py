@@ -58,6 +58,8 @@ def make_cub_study(root: Path, per_class: int = PER_CLASS, size: tuple[int, int]
     for cid, name in CUB_CLASSES.items():
         _class_images(base / f"{cid:03d}.{name}", cid, per_class, size=size)
     (base / "001.Black_footed_Albatross" / "._img_0001_0.jpg").write_bytes(b"\0resource fork")
+    (base / "001.Black_footed_Albatross" / ".thumb.jpg").write_bytes(b"\0hidden")
+    (base / ".cache").mkdir()
     return _cub_expected(per_class)
 
 

@@ -76,7 +76,7 @@ def test_cub_split_follows_the_class_numbers_and_skips_resource_forks(tmp_path):
         "002.Laysan_Albatross",
         "003.Sooty_Albatross",
     }
-    assert not any("._" in Path(p).name for p in splits["training"].samples)
+    assert not any(Path(p).name.startswith(".") for p in splits["training"].samples)  # hidden files
     # labels follow the official id order, not the listing order
     first = [
         p for p, y in zip(splits["testing"].samples, splits["testing"].labels.tolist(), strict=True) if y == 0
@@ -264,6 +264,7 @@ def test_unreadable_image_names_the_file(tmp_path, damage):
         (lambda t: t.replace(",test", ",holdout"), "unknown split"),
         (lambda t: t.replace(",is_query,is_gallery", ",is_query,other"), "partner"),
         (lambda t: t.replace(",1,0\n", ",maybe,0\n", 1), "boolean"),
+        (lambda t: t + "extra.jpg,1\n", r"row \d+ has no value for \['split'"),
     ],
 )
 def test_csv_errors(tmp_path, edit, match):
