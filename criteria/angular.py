@@ -53,6 +53,12 @@ class AngularLoss(PairBasedLoss):
     ) -> torch.Tensor:
         """Anchors among ``queries`` (= the first rows of ``ref``), positives/negatives from ``ref``."""
         anchors, positives, neg_mask = keep_anchors(self.batchminer(ref, ref_labels), NPAIR, len(queries))
+        has_neg = neg_mask.any(1)  # an anchor without negatives has no term: not a 0 in the mean
+        anchors, positives, neg_mask = (
+            anchors[has_neg.to(anchors.device)],
+            positives[has_neg.to(anchors.device)],
+            neg_mask[has_neg],
+        )
         if len(anchors) == 0:
             return zero_loss(queries)
         neg_mask = neg_mask.to(queries.device)
