@@ -103,10 +103,14 @@ def load_local_runs(root: str | Path) -> list[Run]:
     runs = []
     for summary_file in sorted(Path(root).glob("**/summary.json")):
         folder = summary_file.parent
-        summary = json.loads(summary_file.read_text())
-        if summary.get("evaluate_only") or not (folder / "args.json").is_file():
+        try:
+            summary = json.loads(summary_file.read_text())
+            if summary.get("evaluate_only") or not (folder / "args.json").is_file():
+                continue
+            args = json.loads((folder / "args.json").read_text())["args"]
+        except (json.JSONDecodeError, KeyError) as err:  # one broken run must not stop the table
+            print(f"skipping {folder}: unreadable summary.json/args.json ({err})")
             continue
-        args = json.loads((folder / "args.json").read_text())["args"]
         epochs: dict[str, list[dict[str, Any]]] = defaultdict(list)
         if (folder / "metrics.csv").is_file():
             with (folder / "metrics.csv").open() as f:

@@ -96,7 +96,7 @@ class RunLogger:
         self.wandb = None
         if not resume:  # a resumed run keeps the args.json (and git commit) it started with
             info = {"args": public_args(opt), "git_commit": _git_commit(), "versions": _versions()}
-            (self.folder / "args.json").write_text(json.dumps(info, indent=2))
+            _write_atomic(self.folder / "args.json", json.dumps(info, indent=2))
         if opt.log_online:
             self.wandb = _start_wandb(opt, self.folder)
 
@@ -155,7 +155,8 @@ class RunLogger:
         os.replace(tmp, self.folder / "metrics.csv")
 
     def summary(self, summary: dict[str, Any]) -> None:
-        (self.folder / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+        # atomic: the sweep script takes an existing summary.json as "this run is finished"
+        _write_atomic(self.folder / "summary.json", json.dumps(summary, indent=2, default=_json_default))
         if self.wandb is not None:
             for k, v in _flatten(summary).items():
                 self.wandb.summary[k] = v
@@ -198,3 +199,10 @@ def _start_wandb(opt: argparse.Namespace, folder: Path):
     except Exception as err:  # any failure to start W&B must not cost the run
         print(f"W&B logging disabled, continuing with local logging only: {type(err).__name__}: {err}")
         return None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file, then rename: a killed process never leaves a truncated file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -85,6 +85,14 @@ def _row(rows, group, protocol=RE.SELECTED):
     return row
 
 
+def test_a_truncated_summary_is_skipped_with_its_name(runs_root, capsys):
+    complete = len(RE.load_local_runs(runs_root))
+    broken = sorted(runs_root.glob("**/summary.json"))[0]
+    broken.write_text('{"selected_epoch": 3, "metr')  # a write cut short
+    assert len(RE.load_local_runs(runs_root)) == complete - 1
+    assert str(broken.parent) in capsys.readouterr().out
+
+
 def test_selected_epoch_mean_and_sample_std(runs_root):
     rows = RE.aggregate(RE.load_local_runs(runs_root), RE.SELECTED)
     row = _row(rows, "CUB_Margin_b12_Distance")
