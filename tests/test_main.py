@@ -132,6 +132,29 @@ def test_wandb_failure_does_not_stop_the_run(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "digits" / "run" / "summary.json").is_file()
 
 
+def test_wandb_failing_mid_run_does_not_stop_the_run(tmp_path, monkeypatch, capsys):
+    import wandb
+
+    class DyingRun:
+        calls = 0
+        summary: dict = {}
+
+        def log(self, *args, **kwargs):
+            DyingRun.calls += 1
+            raise ConnectionError("wandb service died")
+
+        def finish(self):
+            raise AssertionError("not reached: W&B is off after the first failure")
+
+    monkeypatch.setattr(wandb, "init", lambda *a, **kw: DyingRun())
+    main.main(digits_args(tmp_path, "--log_online", "--n_epochs", "2"))
+    out = capsys.readouterr().out
+    assert out.count("W&B failed (ConnectionError") == 1 and DyingRun.calls == 1
+    rows = read_rows(tmp_path / "digits" / "run")
+    assert sorted({int(r["epoch"]) for r in rows}) == [0, 1]  # both epochs logged locally
+    assert (tmp_path / "digits" / "run" / "summary.json").is_file()
+
+
 def run_cli(monkeypatch, capsys, argv: list[str]) -> tuple[int, str]:
     monkeypatch.setattr(sys, "argv", ["main.py", *argv])
     with pytest.raises(SystemExit) as exc:

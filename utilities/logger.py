@@ -105,10 +105,7 @@ class RunLogger:
         row.update({k: v for k, v in values.items() if _is_scalar(v)})
         self.rows.append(row)
         self._write_csv()
-        if self.wandb is not None:
-            self.wandb.log(
-                {f"{split}/{k}": v for k, v in row.items() if k not in ("epoch", "split")} | {"epoch": epoch}
-            )
+        self._online(lambda run: run.log(_wandb_row(row)))
         self._log_arrays(epoch, split, {k: v for k, v in values.items() if isinstance(v, (list, tuple))})
 
     def _log_arrays(self, epoch: int, split: str, arrays: dict[str, Any]) -> None:
@@ -129,19 +126,15 @@ class RunLogger:
                 values = np.asarray(v, dtype=np.float64)
                 hist[f"{split}/{k}"] = wandb.Histogram(values)
                 hist[f"{split}/LOG-{k}"] = wandb.Histogram(np.log(np.clip(values, 1e-300, None)))
-            self.wandb.log(hist | {"epoch": epoch})
+            self._online(lambda run: run.log(hist | {"epoch": epoch}))
 
     def restore(self, rows: list[dict[str, Any]]) -> None:
         """Resume: the checkpoint's rows replace metrics.csv (dropping rows of an unfinished epoch);
         a new W&B run (same name) gets the history replayed."""
         self.rows = [dict(r) for r in rows]
         self._write_csv()
-        if self.wandb is not None:
-            for row in self.rows:
-                self.wandb.log(
-                    {f"{row['split']}/{k}": v for k, v in row.items() if k not in ("epoch", "split")}
-                    | {"epoch": row["epoch"]}
-                )
+        for row in self.rows:
+            self._online(lambda run, row=row: run.log(_wandb_row(row)))
 
     def _write_csv(self) -> None:
         columns: list[str] = []
@@ -157,10 +150,31 @@ class RunLogger:
     def summary(self, summary: dict[str, Any]) -> None:
         # atomic: the sweep script takes an existing summary.json as "this run is finished"
         _write_atomic(self.folder / "summary.json", json.dumps(summary, indent=2, default=_json_default))
-        if self.wandb is not None:
+
+        def finish(run) -> None:
             for k, v in _flatten(summary).items():
-                self.wandb.summary[k] = v
-            self.wandb.finish()
+                run.summary[k] = v
+            run.finish()
+
+        self._online(finish)
+
+    def _online(self, action) -> None:
+        """One W&B call; its first failure (a dead service, a lost network) switches W&B off for
+        the rest of the run with one line, and the local logs carry on."""
+        if self.wandb is None:
+            return
+        try:
+            action(self.wandb)
+        except Exception as err:
+            print(f"W&B failed ({type(err).__name__}: {err}); continuing with local logging only")
+            self.wandb = None
+
+
+def _wandb_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A metrics.csv row as W&B keys ``<split>/<metric>``, stepped by epoch."""
+    return {f"{row['split']}/{k}": v for k, v in row.items() if k not in ("epoch", "split")} | {
+        "epoch": row["epoch"]
+    }
 
 
 def _is_scalar(v: Any) -> bool:
