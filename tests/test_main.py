@@ -197,3 +197,16 @@ def test_incompatible_miner_is_rejected_before_training(default_opt):
 
     with pytest.raises(ConfigError, match="consumes triplets, but miner 'fake_pairs' produces npair"):
         criteria.select("triplet", default_opt, PairMiner())
+
+
+def test_a_gpu_index_beyond_the_machine_is_a_config_error(monkeypatch):
+    import torch
+
+    from utilities.errors import ConfigError
+    from utilities.seeding import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match="--gpu 3: only 1 CUDA device"):
+        resolve_device("cuda", [3])
+    assert resolve_device("cuda", [0]) == torch.device("cuda", 0)

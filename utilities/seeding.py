@@ -39,4 +39,9 @@ def resolve_device(device: str, gpu: list[int]) -> torch.device:
         from utilities.errors import ConfigError
 
         raise ConfigError("--device cuda was requested but no CUDA device is available")
-    return torch.device("cuda", gpu[0] if gpu else 0)
+    index = gpu[0] if gpu else 0
+    if not 0 <= index < torch.cuda.device_count():
+        from utilities.errors import ConfigError
+
+        raise ConfigError(f"--gpu {index}: only {torch.cuda.device_count()} CUDA device(s) on this machine")
+    return torch.device("cuda", index)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from typing import Any
 
@@ -105,6 +104,4 @@ def train_one_epoch(
     stats["lr"] = optimizer.param_groups[0]["lr"]
     if batchminer is not None and hasattr(batchminer, "pop_stats"):
         stats.update({f"miner_{k}": v for k, v in batchminer.pop_stats().items()})
-    if math.isnan(stats["loss"]):
-        raise FloatingPointError(f"NaN loss at epoch {epoch}")
     return stats

@@ -210,9 +210,9 @@ def test_distance_requires_normalised_embeddings():
         build("distance", seed=0)(x * 3, y)
 
 
-def test_distance_agrees_with_pytorch_metric_learning_weights_in_the_interior():
-    """PML's DistanceWeightedMiner uses the same inverse density (without the anchor-wise fallback):
-    where no negative is cut off, the per-anchor probabilities must agree."""
+def test_distance_without_an_upper_cutoff_in_reach_equals_the_brute_force_density():
+    """Upper cutoff 3.0 (beyond every distance of unit vectors, ≤ 2): no negative is cut off, so
+    the sampling probabilities are the pure inverse density of the loop, no fallback involved."""
     g = torch.Generator().manual_seed(1)
     x = torch.nn.functional.normalize(torch.randn(8, 4, generator=g), dim=1)
     y = torch.arange(4).repeat_interleave(2)
