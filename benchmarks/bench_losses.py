@@ -169,17 +169,15 @@ def fwd_bwd(loss_fn, x, y, *extra):
 
 
 def build(name: str, n_classes: int, miner):
-    cls = criteria.REGISTRY.get(name)
-    fields = cls.Hparams.__dataclass_fields__
-    kwargs = {k: v for k, v in {"n_classes": n_classes, "embed_dim": 128}.items() if k in fields}
-    return cls(batchminer=miner, **kwargs)
+    given = {"n_classes": n_classes, "embed_dim": 128, "lr": 1e-5, "batchminer": miner}
+    return criteria.REGISTRY.get(name)(**{k: given[k] for k in criteria.REGISTRY.context(name)})
 
 
 def run(names, n_classes_for_proxies: int, configs, repeats: int, g: torch.Generator) -> list[tuple]:
     rows = []
     for name in names:
         cls = criteria.REGISTRY.get(name)
-        has_classes = "n_classes" in cls.Hparams.__dataclass_fields__
+        has_classes = "n_classes" in criteria.REGISTRY.context(name)
         for n_cls, spc in configs:
             classes = torch.randperm(max(n_classes_for_proxies, n_cls), generator=g)[:n_cls]
             y = classes.repeat_interleave(spc)
@@ -187,14 +185,15 @@ def run(names, n_classes_for_proxies: int, configs, repeats: int, g: torch.Gener
                 torch.randn(n_cls * spc, 128, generator=g), dim=1
             ).requires_grad_()
             miner_name, tuples = "-", None
-            ours = build(name, n_classes_for_proxies, None)
             fns = []
-            if cls.requires_miner:
-                miner_name = DEFAULT_MINER[cls.tuple_kind]
+            if not cls.requires_miner:
+                ours = build(name, n_classes_for_proxies, None)
+            else:
+                miner_name = DEFAULT_MINER[cls.tuple_kinds[0]]
                 miner = batch_mining.REGISTRY.get(miner_name)(seed=0)
                 fns.append(fwd_bwd(build(name, n_classes_for_proxies, miner), x, y))
                 tuples = miner(x, y)
-                ours = build(name, n_classes_for_proxies, Fixed(cls.tuple_kind, tuples))
+                ours = build(name, n_classes_for_proxies, Fixed(cls.tuple_kinds[0], tuples))
             fns.append(fwd_bwd(ours, x, y))
             counterpart = pml_counterpart(name, n_classes_for_proxies, 128)
             label = "-" if counterpart is None else counterpart[0]
@@ -258,8 +257,7 @@ def main() -> None:
     proxy = [
         n
         for n in names
-        if "n_classes" in criteria.REGISTRY.get(n).Hparams.__dataclass_fields__
-        and not criteria.REGISTRY.get(n).requires_miner
+        if "n_classes" in criteria.REGISTRY.context(n) and not criteria.REGISTRY.get(n).requires_miner
     ]
     rows += run(proxy, 11318, [(56, 2)], args.big_repeats, g)
     print_table(rows)

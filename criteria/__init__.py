@@ -1,21 +1,30 @@
-"""Losses ("criteria"): one self-contained file per loss, plus this registry.
+"""Losses ("criteria"): one self-contained file per loss, plus the registries and ``select``.
 
-Contract (see DESIGN.md §3): ``criterion = select(name, opt, batchminer)``;
+Contract: ``criterion = select(name, opt, n_classes=C, batchminer=miner)``;
 ``loss = criterion(batch, labels)`` with ``batch`` (B, D) float on any device and ``labels`` (B,)
 long; the result is a finite, differentiable scalar (0 with a graph when nothing is mined).
-Each class declares ``requires_miner`` and the ``tuple_kind`` it consumes; learnable parameters
-are exposed through ``param_groups()`` with their own learning rates. ``--xbm_size M`` wraps a
-criterion that supports it in a cross-batch memory (criteria/xbm.py).
+Each loss class has a keyword-only constructor: parameters with defaults are its hyperparameters
+(one ``--loss_<name>_<param>`` flag each), parameters without are context (``batchminer``,
+``n_classes``, ``embed_dim``, ``lr``, the network's learning rate that proxy losses multiply).
+Each class declares ``requires_miner``, the ``tuple_kinds`` it accepts from a miner and
+``supports_xbm``; learnable parameters are exposed through ``param_groups()`` with their own
+learning rates. ``--xbm_size M`` wraps a loss that supports it in a cross-batch memory
+(criteria/xbm.py), the one entry of :data:`WRAPPERS`.
+
+Each ``criteria/<loss>.py`` needs only torch and ``criteria/_common.py`` (relative import), so the
+two files can be copied into another project and the loss built by hand.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 from torch import nn
 
-from criteria import (
+from utilities.errors import ConfigError
+from utilities.registry import Registry
+
+from . import (
     adacos,
     adaface,
     angular,
@@ -42,39 +51,9 @@ from criteria import (
     supcon,
     triplet,
 )
-from criteria.xbm import CrossBatchMemory
-from utilities.errors import ConfigError
-from utilities.registry import Registry, _argparse_kwargs
+from .xbm import CrossBatchMemory
 
-
-@dataclasses.dataclass
-class XbmHparams:
-    """Cross-batch memory flags (global: they apply to whichever loss is selected)."""
-
-    size: int = dataclasses.field(
-        default=0, metadata={"flag": "xbm_size", "help": "cross-batch memory size M (0 = off)"}
-    )
-    weight: float = dataclasses.field(
-        default=1.0, metadata={"flag": "xbm_weight", "help": "weight of the memory term"}
-    )
-    start_iteration: int = dataclasses.field(
-        default=0,
-        metadata={"flag": "xbm_start_iteration", "help": "training steps before the memory is used"},
-    )
-
-
-class _CriteriaRegistry(Registry):
-    """The loss registry; its flags also include the cross-batch memory group."""
-
-    def add_args(self, parser: argparse.ArgumentParser) -> None:
-        super().add_args(parser)
-        group = parser.add_argument_group("cross-batch memory (criteria/xbm.py)", CrossBatchMemory.__doc__)
-        for field in dataclasses.fields(XbmHparams):
-            hint = {"int": int, "float": float}[field.type] if isinstance(field.type, str) else field.type
-            group.add_argument(f"--{field.metadata['flag']}", **_argparse_kwargs(field, hint, field.default))
-
-
-REGISTRY = _CriteriaRegistry("loss", flag_prefix="loss")
+REGISTRY = Registry("loss", flag_prefix="loss")
 for _cls in (
     adacos.AdaCosLoss,
     adaface.AdaFaceLoss,
@@ -104,42 +83,43 @@ for _cls in (
 ):
     REGISTRY.add(_cls)
 
+# Loss wrappers: their flags carry no prefix (--xbm_size, --xbm_weight, --xbm_start_iteration).
+WRAPPERS = Registry("loss wrapper", flag_prefix="")
+WRAPPERS.add(CrossBatchMemory)
+
 
 def requires_miner(name: str) -> bool:
     return bool(getattr(REGISTRY.get(name), "requires_miner", False))
 
 
-def select(name: str, opt: argparse.Namespace, batchminer=None) -> nn.Module:
-    """Build loss ``name``; checks that ``batchminer`` produces the tuple kind the loss consumes.
+def select(name: str, opt: argparse.Namespace, *, n_classes: int, batchminer=None) -> nn.Module:
+    """Build loss ``name`` for ``n_classes`` training classes, checking that ``batchminer``
+    produces a tuple kind the loss accepts.
 
-    A loss that needs no miner is built without one (a miner passed anyway is ignored). With
-    ``opt.xbm_size > 0`` the loss is wrapped in a :class:`CrossBatchMemory`.
+    ``opt.embed_dim`` and ``opt.lr`` are passed as context; a loss that needs no miner is built
+    without one (a miner passed anyway is ignored). With ``opt.xbm_size > 0`` the loss is wrapped
+    in a :class:`CrossBatchMemory`.
     """
     cls = REGISTRY.get(name)
-    xbm_size = int(getattr(opt, "xbm_size", 0) or 0)
-    if xbm_size > 0 and not getattr(cls, "supports_xbm", False):
+    xbm = int(getattr(opt, "xbm_size", 0) or 0) > 0
+    if xbm and not getattr(cls, "supports_xbm", False):
         supported = [n for n, c in REGISTRY if getattr(c, "supports_xbm", False)]
         raise ConfigError(
             f"--xbm_size needs a pair- or tuple-based loss; '{name}' is not one "
             f"(supported: {', '.join(supported)})"
         )
-    if getattr(cls, "requires_miner", False):
+    if cls.requires_miner:
+        accepted = " or ".join(cls.tuple_kinds)
         if batchminer is None:
             raise ConfigError(f"loss '{name}' needs a batch miner (--batch_mining)")
-        if batchminer.tuple_kind != cls.tuple_kind:
+        if batchminer.tuple_kind not in cls.tuple_kinds:
             raise ConfigError(
-                f"loss '{name}' consumes {cls.tuple_kind}, but miner '{batchminer.name}' produces "
-                f"{batchminer.tuple_kind}; pick a miner that produces {cls.tuple_kind}"
+                f"loss '{name}' consumes {accepted}, but miner '{batchminer.name}' produces "
+                f"{batchminer.tuple_kind}; pick a miner that produces {accepted}"
             )
-        criterion = REGISTRY.build(name, opt, batchminer=batchminer)
-    else:
-        criterion = REGISTRY.build(name, opt)
-    if xbm_size > 0:
-        criterion = CrossBatchMemory(
-            criterion,
-            xbm_size,
-            int(getattr(opt, "embed_dim", 128)),
-            weight=float(getattr(opt, "xbm_weight", 1.0)),
-            start_iteration=int(getattr(opt, "xbm_start_iteration", 0)),
-        )
+    criterion = REGISTRY.build(
+        name, opt, n_classes=n_classes, embed_dim=opt.embed_dim, lr=opt.lr, batchminer=batchminer
+    )
+    if xbm:
+        criterion = WRAPPERS.build("xbm", opt, criterion=criterion, embed_dim=opt.embed_dim)
     return criterion

@@ -1,6 +1,15 @@
 """The one small helper module the criteria share (copy it along with a criterion file).
 
-Only torch is imported, so ``criteria/<loss>.py`` + this file can be dropped into any pipeline.
+Only torch is imported, so ``criteria/<loss>.py`` + this file can be dropped into any pipeline
+(the loss files import it relatively, ``from ._common import ...``). Besides the tensor helpers it
+holds the three bases of the losses:
+
+* :class:`PairBasedLoss`: losses over the batch's own pairs; ``forward`` is ``cross_loss`` of the
+  batch against itself (the cross-batch memory calls ``cross_loss`` with stored references);
+* :class:`MinedLoss`: a :class:`PairBasedLoss` over the tuples of a batch miner, checked at
+  construction (:func:`check_miner`) and mined in one place (:func:`mine_tuples`);
+* :class:`ClassWeightLoss`: losses with one learnable (rows, D) table of class weights, proxies or
+  centres, with its own optimizer group (:meth:`ClassWeightLoss.param_groups`).
 """
 
 from __future__ import annotations
@@ -58,6 +67,11 @@ def same_label_masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return same & ~eye, ~same
 
 
+def other_label_mask(labels: torch.Tensor, ref_labels: torch.Tensor) -> torch.Tensor:
+    """(n, M) bool: reference j has a class other than ``labels[i]``."""
+    return labels[:, None] != ref_labels[None, :]
+
+
 def cross_label_masks(q_labels: torch.Tensor, ref_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(positive, negative) masks (n, M) of queries against references, where query i is reference i.
 
@@ -69,6 +83,16 @@ def cross_label_masks(q_labels: torch.Tensor, ref_labels: torch.Tensor) -> tuple
     own = torch.zeros_like(same)
     own[:, :n] = torch.eye(n, dtype=torch.bool, device=same.device)
     return same & ~own, ~same
+
+
+def cosine_pairs(
+    queries: torch.Tensor, q_labels: torch.Tensor, ref: torch.Tensor, ref_labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cosine similarities (n, M) of ``queries`` (the first rows of ``ref``) against ``ref``, and
+    the positive and negative masks of :func:`cross_label_masks`, all on the queries' device."""
+    sim = cosine_logits(queries, ref)
+    pos, neg = cross_label_masks(q_labels.to(sim.device), ref_labels.to(sim.device))
+    return sim, pos, neg
 
 
 def check_labels(labels: torch.Tensor, n_classes: int, loss: str) -> None:
@@ -121,7 +145,10 @@ def init_class_weights(n_classes: int, dim: int) -> torch.Tensor:
 
 
 def cosine_logits(batch: torch.Tensor, weight: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """cos(x_i, w_c) for all samples and classes: (B, D) × (C, D) -> (B, C), O(B·C) memory."""
+    """cos(x_i, w_c) for all rows of ``batch`` (B, D) and ``weight`` (C, D) -> (B, C), O(B·C) memory.
+
+    ``weight`` is a class-weight table or another set of embeddings (a cosine similarity matrix).
+    """
     x = torch.nn.functional.normalize(batch, dim=1, eps=eps)
     w = torch.nn.functional.normalize(weight.to(batch.dtype), dim=1, eps=eps)
     return x @ w.T
@@ -145,25 +172,77 @@ def additive_angular_margin(cos_target: torch.Tensor, margin: torch.Tensor | flo
     return torch.where(theta + margin <= torch.pi, with_margin, fallback)
 
 
+def target_logit(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The entries (i, labels[i]) of ``logits`` (B, C) -> (B,)."""
+    return logits.gather(1, labels[:, None]).squeeze(1)
+
+
 def replace_target(logits: torch.Tensor, labels: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``logits`` with entry (i, labels[i]) replaced by target[i] (out of place, differentiable)."""
     return logits.scatter(1, labels[:, None], target[:, None].to(logits.dtype))
 
 
-class PairBasedLoss(nn.Module):
-    """Base of the losses that compare the batch's embeddings with each other (no class proxies).
+def npair_term(
+    queries: torch.Tensor,
+    ref: torch.Tensor,
+    anchors: torch.Tensor,
+    positives: torch.Tensor,
+    neg_mask: torch.Tensor,
+) -> torch.Tensor:
+    """Sohn's N-pair term mean_a log(1 + Σ_{n ∈ N(a)} exp(x_aᵀx_n − x_aᵀx_p)) on raw embeddings.
 
-    ``forward`` is :meth:`cross_loss` of the batch against itself; cross-batch memory calls
-    ``cross_loss`` with the memory as the reference set. A subclass sets ``Hparams`` (its
-    hyperparameter dataclass) and implements ``cross_loss(queries, q_labels, ref, ref_labels)``.
+    Anchors index ``queries``, positives and the columns of ``neg_mask`` (A, M) index ``ref``.
+    """
+    xa = queries[anchors]
+    z = xa @ ref.T - (xa * ref[positives]).sum(1, keepdim=True)
+    return masked_logsumexp(z, neg_mask, add_one=True).mean()
+
+
+def check_miner(batchminer, tuple_kinds: tuple[str, ...], loss: str) -> None:
+    """Clear error, at construction, when ``batchminer`` does not produce one of ``tuple_kinds``."""
+    accepted = " or ".join(tuple_kinds)
+    if batchminer is None:
+        raise ValueError(f"loss '{loss}' needs a batch miner that produces {accepted}")
+    kind = getattr(batchminer, "tuple_kind", None)
+    if kind not in tuple_kinds:
+        miner = getattr(batchminer, "name", type(batchminer).__name__)
+        raise ValueError(
+            f"loss '{loss}' consumes {accepted}, but miner '{miner}' produces {kind}; "
+            f"pick a miner that produces {accepted}"
+        )
+
+
+def mine_tuples(
+    batchminer, n_queries: int, ref: torch.Tensor, ref_labels: torch.Tensor
+) -> tuple[torch.Tensor, ...] | None:
+    """Mine on ``ref`` and keep the tuples anchored among its first ``n_queries`` rows.
+
+    Anchors that can have no term are dropped as well (npair: no negative; lifted: no positive or
+    no negative), so a loss averages over real terms only. All tensors are moved to ``ref``'s
+    device. Returns the tuples, or ``None`` when nothing is left.
+    """
+    kind = batchminer.tuple_kind
+    tuples = keep_anchors(batchminer(ref, ref_labels), kind, n_queries)
+    tuples = tuple(t.to(ref.device) for t in tuples)
+    if kind in (NPAIR, LIFTED):
+        keep = tuples[-1].any(1) & tuples[-2].any(1) if kind == LIFTED else tuples[-1].any(1)
+        tuples = tuple(t[keep] for t in tuples)
+    n_terms = len(tuples[0]) + (len(tuples[2]) if kind == PAIRS else 0)
+    return tuples if n_terms > 0 else None
+
+
+class PairBasedLoss(nn.Module):
+    """Base of the losses that compare the batch's embeddings with each other (no class table).
+
+    ``forward`` is :meth:`cross_loss` of the batch against itself; the cross-batch memory calls
+    ``cross_loss`` with the memory appended to the references. A subclass implements
+    ``cross_loss(queries, q_labels, ref, ref_labels)``, where the queries are the first rows of
+    ``ref``.
     """
 
-    Hparams: type
-
-    def __init__(self, batchminer=None, **hparams) -> None:
-        super().__init__()
-        self.hp = self.Hparams(**hparams)
-        self.batchminer = batchminer
+    requires_miner = False
+    supports_xbm = True
+    tuple_kinds: tuple[str, ...] = ()
 
     def forward(self, batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """batch: (B, D) embeddings; labels: (B,) class ids. Returns a scalar."""
@@ -172,4 +251,101 @@ class PairBasedLoss(nn.Module):
     def cross_loss(
         self, queries: torch.Tensor, q_labels: torch.Tensor, ref: torch.Tensor, ref_labels: torch.Tensor
     ) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class MinedLoss(PairBasedLoss):
+    """Base of the losses over a batch miner's tuples (``tuple_kinds``: the kinds it accepts).
+
+    The miner is checked at construction and becomes a submodule (its state travels in the loss's
+    state dict). :meth:`cross_loss` mines on the references, keeps the tuples anchored in the
+    queries and returns a differentiable 0 when nothing is mined; otherwise the subclass's
+    ``tuple_loss(tuples, queries, q_labels, ref, ref_labels)`` computes the loss.
+    """
+
+    requires_miner = True
+
+    def __init__(self, *, batchminer) -> None:
+        super().__init__()
+        check_miner(batchminer, self.tuple_kinds, self.name)
+        self.batchminer = batchminer
+
+    def cross_loss(
+        self, queries: torch.Tensor, q_labels: torch.Tensor, ref: torch.Tensor, ref_labels: torch.Tensor
+    ) -> torch.Tensor:
+        """Anchors among ``queries`` (= the first rows of ``ref``), partners from ``ref``."""
+        tuples = mine_tuples(self.batchminer, len(queries), ref, ref_labels)
+        if tuples is None:  # a 0 connected to the embeddings and to the loss's own parameters
+            return sum((p.sum() * 0.0 for p in self.parameters()), zero_loss(queries))
+        return self.tuple_loss(tuples, queries, q_labels, ref, ref_labels)
+
+    def tuple_loss(
+        self,
+        tuples: tuple[torch.Tensor, ...],
+        queries: torch.Tensor,
+        q_labels: torch.Tensor,
+        ref: torch.Tensor,
+        ref_labels: torch.Tensor,
+    ) -> torch.Tensor:
+        """The loss of non-empty mined ``tuples`` (of the miner's kind, see the kinds above)."""
+        raise NotImplementedError
+
+
+class ClassWeightLoss(nn.Module):
+    """Base of the losses with one learnable table (class weights, proxies or centres).
+
+    The table (rows, D) is ``table``, or by default C class weights from
+    :func:`init_class_weights`; it is stored as the parameter ``param`` and optimised in its own
+    group ``<name>_<group>`` with learning rate :meth:`table_lr` and no weight decay. ``lr`` is
+    the table's own learning rate (a ``--loss_<name>_lr`` flag), or for proxy losses the
+    network's ``--lr``, which they multiply (they override :meth:`table_lr`).
+    """
+
+    requires_miner = False
+    supports_xbm = False
+    tuple_kinds: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        *,
+        n_classes: int,
+        embed_dim: int,
+        lr: float,
+        table: torch.Tensor | None = None,
+        param: str = "class_weights",
+        group: str = "weights",
+    ) -> None:
+        super().__init__()
+        self.n_classes, self.embed_dim, self.lr = n_classes, embed_dim, lr
+        self._table = (param, group)
+        table = init_class_weights(n_classes, embed_dim) if table is None else table
+        self.register_parameter(param, nn.Parameter(table))
+
+    def table_lr(self) -> float:
+        return self.lr
+
+    def param_groups(self) -> list[dict]:
+        param, group = self._table
+        return [
+            {
+                "params": [getattr(self, param)],
+                "lr": self.table_lr(),
+                "weight_decay": 0.0,
+                "name": f"{self.name}_{group}",
+            }
+        ]
+
+    def checked_labels(self, batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``labels`` on ``batch``'s device, after a clear error for ids outside [0, n_classes)."""
+        check_labels(labels, self.n_classes, self.name)
+        return labels.to(batch.device)
+
+    def cosines(self, batch: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, rows) cosines of the batch with the table's rows, and the checked labels on the
+        batch's device."""
+        labels = self.checked_labels(batch, labels)
+        return cosine_logits(batch, getattr(self, self._table[0])), labels
+
+    def forward(self, batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """batch: (B, D) embeddings; labels: (B,) class ids in [0, n_classes). Returns a scalar."""
         raise NotImplementedError

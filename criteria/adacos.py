@@ -21,49 +21,35 @@ weight decay. Not part of the study and not in pytorch-metric-learning. Memory O
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
-from torch import nn
 from torch.nn.functional import cross_entropy, one_hot
 
-from criteria._common import check_labels, clamp_cosine, cosine_logits, init_class_weights
+from ._common import ClassWeightLoss, clamp_cosine
 
 
-@dataclass
-class AdacosHparams:
-    lr: float = field(default=5e-4, metadata={"help": "learning rate of the class weights"})
-    dynamic: bool = field(default=True, metadata={"help": "adapt the scale every step (dynamic AdaCos)"})
-    n_classes: int = field(default=1, metadata={"global": "n_classes"})
-    embed_dim: int = field(default=128, metadata={"global": "embed_dim"})
-
-
-class AdaCosLoss(nn.Module):
+class AdaCosLoss(ClassWeightLoss):
     """AdaCos (Zhang et al. 2019): cosine softmax with an adaptive scale."""
 
     name = "adacos"
-    Hparams = AdacosHparams
-    requires_miner = False
-    tuple_kind = None
 
-    def __init__(self, batchminer=None, **hparams) -> None:
-        super().__init__()
-        self.hp = AdacosHparams(**hparams)
-        self.class_weights = nn.Parameter(init_class_weights(self.hp.n_classes, self.hp.embed_dim))
-        s0 = math.sqrt(2.0) * math.log(max(self.hp.n_classes - 1, 2))
+    def __init__(
+        self,
+        *,
+        n_classes: int,
+        embed_dim: int,
+        lr: Annotated[float, "learning rate of the AdaCos class weights"] = 5e-4,
+        dynamic: Annotated[bool, "adapt the scale every step (dynamic AdaCos)"] = True,
+    ) -> None:
+        super().__init__(n_classes=n_classes, embed_dim=embed_dim, lr=lr)
+        self.dynamic = dynamic
+        s0 = math.sqrt(2.0) * math.log(max(n_classes - 1, 2))
         self.register_buffer("scale", torch.tensor(s0, dtype=torch.float64))
 
-    def param_groups(self) -> list[dict]:
-        return [
-            {"params": [self.class_weights], "lr": self.hp.lr, "weight_decay": 0.0, "name": "adacos_weights"}
-        ]
-
     def forward(self, batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """batch: (B, D) embeddings; labels: (B,) class ids in [0, n_classes). Returns a scalar."""
-        check_labels(labels, self.hp.n_classes, self.name)
-        labels = labels.to(batch.device)
-        cos = cosine_logits(batch, self.class_weights)
-        if self.hp.dynamic and self.training and cos.shape[1] > 1:  # one class: no B_avg
+        cos, labels = self.cosines(batch, labels)
+        if self.dynamic and self.training and cos.shape[1] > 1:  # one class: no B_avg
             with torch.no_grad():
                 target = one_hot(labels, cos.shape[1]).to(torch.bool)
                 s = self.scale.to(cos.dtype)

@@ -26,63 +26,51 @@ in pytorch-metric-learning. Memory O(B·C).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
-from torch import nn
 from torch.nn.functional import cross_entropy
 
-from criteria._common import check_labels, cosine_logits, init_class_weights, replace_target
+from ._common import ClassWeightLoss, replace_target, target_logit
 
 _EPS = 1e-3
 
 
-@dataclass
-class AdafaceHparams:
-    lr: float = field(default=5e-4, metadata={"help": "learning rate of the class weights"})
-    margin: float = field(default=0.4, metadata={"help": "margin m"})
-    h: float = field(default=0.333, metadata={"help": "concentration h of the normalised norm"})
-    scale: float = field(default=64.0, metadata={"help": "logit scale s"})
-    momentum: float = field(default=0.01, metadata={"help": "momentum of the norm statistics"})
-    n_classes: int = field(default=1, metadata={"global": "n_classes"})
-    embed_dim: int = field(default=128, metadata={"global": "embed_dim"})
-
-
-class AdaFaceLoss(nn.Module):
+class AdaFaceLoss(ClassWeightLoss):
     """AdaFace (Kim et al. 2022) with learnable class weights."""
 
     name = "adaface"
-    Hparams = AdafaceHparams
-    requires_miner = False
-    tuple_kind = None
 
-    def __init__(self, batchminer=None, **hparams) -> None:
-        super().__init__()
-        self.hp = AdafaceHparams(**hparams)
-        self.class_weights = nn.Parameter(init_class_weights(self.hp.n_classes, self.hp.embed_dim))
+    def __init__(
+        self,
+        *,
+        n_classes: int,
+        embed_dim: int,
+        lr: Annotated[float, "learning rate of the AdaFace class weights"] = 5e-4,
+        margin: Annotated[float, "margin m"] = 0.4,
+        h: Annotated[float, "concentration h of the normalised norm"] = 0.333,
+        scale: Annotated[float, "logit scale s"] = 64.0,
+        momentum: Annotated[float, "momentum of the norm statistics"] = 0.01,
+    ) -> None:
+        super().__init__(n_classes=n_classes, embed_dim=embed_dim, lr=lr)
+        self.margin, self.h, self.scale, self.momentum = margin, h, scale, momentum
         self.register_buffer("norm_mean", torch.tensor(20.0, dtype=torch.float64))
         self.register_buffer("norm_std", torch.tensor(100.0, dtype=torch.float64))
 
-    def param_groups(self) -> list[dict]:
-        return [
-            {"params": [self.class_weights], "lr": self.hp.lr, "weight_decay": 0.0, "name": "adaface_weights"}
-        ]
-
     def forward(self, batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """batch: (B, D) unnormalised embeddings; labels: (B,) class ids. Returns a scalar."""
-        check_labels(labels, self.hp.n_classes, self.name)
-        labels = labels.to(batch.device)
-        m = self.hp.margin
+        cos, labels = self.cosines(batch, labels)
+        m = self.margin
         norms = batch.detach().norm(dim=1).clamp(0.001, 100.0)
         if self.training:
             with torch.no_grad():
-                a = self.hp.momentum
+                a = self.momentum
                 self.norm_mean.mul_(1 - a).add_(a * norms.mean().to(self.norm_mean.dtype))
                 if len(norms) > 1:
                     self.norm_std.mul_(1 - a).add_(a * norms.std().to(self.norm_std.dtype))
         mean, std = self.norm_mean.to(batch.dtype), self.norm_std.to(batch.dtype)
-        z = ((norms - mean) / (std + _EPS) * self.hp.h).clamp(-1.0, 1.0)
-        cos = cosine_logits(batch, self.class_weights).clamp(-1.0 + _EPS, 1.0 - _EPS)
-        theta_y = torch.arccos(cos.gather(1, labels[:, None]).squeeze(1))
+        z = ((norms - mean) / (std + _EPS) * self.h).clamp(-1.0, 1.0)
+        cos = cos.clamp(-1.0 + _EPS, 1.0 - _EPS)
+        theta_y = torch.arccos(target_logit(cos, labels))
         target = torch.cos((theta_y - m * z).clamp(_EPS, torch.pi - _EPS)) - (m + m * z)
-        return cross_entropy(self.hp.scale * replace_target(cos, labels, target), labels)
+        return cross_entropy(self.scale * replace_target(cos, labels, target), labels)

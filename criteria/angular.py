@@ -24,50 +24,38 @@ vectorised; no anchor gives a differentiable 0.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
+from torch import nn
 from torch.nn.functional import normalize
 
-from criteria._common import NPAIR, PairBasedLoss, keep_anchors, masked_logsumexp, zero_loss
+from ._common import NPAIR, MinedLoss, masked_logsumexp, npair_term
 
 
-@dataclass
-class AngularHparams:
-    alpha: float = field(default=45.0, metadata={"help": "angle α in degrees"})
-    npair_ang_weight: float = field(default=2.0, metadata={"help": "λ, weight of the angular term"})
-    npair_l2: float = field(default=0.005, metadata={"help": "weight of the ‖x‖ regulariser"})
-
-
-class AngularLoss(PairBasedLoss):
+class AngularLoss(MinedLoss):
     """N-pair + angular loss (Wang et al. 2017)."""
 
     name = "angular"
-    Hparams = AngularHparams
-    requires_miner = True
-    tuple_kind = NPAIR
-    supports_xbm = True
+    tuple_kinds = (NPAIR,)
 
-    def cross_loss(
-        self, queries: torch.Tensor, q_labels: torch.Tensor, ref: torch.Tensor, ref_labels: torch.Tensor
-    ) -> torch.Tensor:
-        """Anchors among ``queries`` (= the first rows of ``ref``), positives/negatives from ``ref``."""
-        anchors, positives, neg_mask = keep_anchors(self.batchminer(ref, ref_labels), NPAIR, len(queries))
-        has_neg = neg_mask.any(1)  # an anchor without negatives has no term: not a 0 in the mean
-        anchors, positives, neg_mask = (
-            anchors[has_neg.to(anchors.device)],
-            positives[has_neg.to(anchors.device)],
-            neg_mask[has_neg],
-        )
-        if len(anchors) == 0:
-            return zero_loss(queries)
-        neg_mask = neg_mask.to(queries.device)
-        xa, xp = queries[anchors], ref[positives]
-        z = xa @ ref.T - (xa * xp).sum(1, keepdim=True)
-        npair = masked_logsumexp(z, neg_mask, add_one=True).mean()
+    def __init__(
+        self,
+        *,
+        batchminer: nn.Module,
+        alpha: Annotated[float, "angle α in degrees"] = 45.0,
+        npair_ang_weight: Annotated[float, "λ, weight of the angular term"] = 2.0,
+        npair_l2: Annotated[float, "weight of the ‖x‖ regulariser"] = 0.005,
+    ) -> None:
+        super().__init__(batchminer=batchminer)
+        self.alpha, self.npair_ang_weight, self.npair_l2 = alpha, npair_ang_weight, npair_l2
 
-        a, p, r = normalize(xa, dim=1), normalize(xp, dim=1), normalize(ref, dim=1)
-        t2 = math.tan(math.radians(self.hp.alpha)) ** 2
-        f = 4.0 * t2 * (a + p) @ r.T - 2.0 * (1.0 + t2) * (a * p).sum(1, keepdim=True)
+    def tuple_loss(self, tuples, queries, q_labels, ref, ref_labels) -> torch.Tensor:
+        # (anchors, positives, neg_mask): anchors index the queries, the rest the references
+        anchors, positives, neg_mask = tuples
+        npair = npair_term(queries, ref, anchors, positives, neg_mask)
+        a, p = normalize(queries[anchors], dim=1), normalize(ref[positives], dim=1)
+        t2 = math.tan(math.radians(self.alpha)) ** 2
+        f = 4.0 * t2 * (a + p) @ normalize(ref, dim=1).T - 2.0 * (1.0 + t2) * (a * p).sum(1, keepdim=True)
         angular = masked_logsumexp(f, neg_mask, add_one=True).mean()
-        return npair + self.hp.npair_ang_weight * angular + self.hp.npair_l2 * queries.norm(dim=1).mean()
+        return npair + self.npair_ang_weight * angular + self.npair_l2 * queries.norm(dim=1).mean()

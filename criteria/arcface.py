@@ -22,52 +22,37 @@ because of that clamp); x is normalised inside. Memory O(B·C).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
-from torch import nn
 from torch.nn.functional import cross_entropy
 
-from criteria._common import (
+from ._common import (
+    ClassWeightLoss,
     additive_angular_margin,
-    check_labels,
-    cosine_logits,
-    init_class_weights,
     replace_target,
+    target_logit,
 )
 
 
-@dataclass
-class ArcfaceHparams:
-    lr: float = field(default=5e-4, metadata={"help": "learning rate of the class weights"})
-    angular_margin: float = field(default=0.5, metadata={"help": "additive angular margin m (radians)"})
-    feature_scale: float = field(default=16.0, metadata={"help": "logit scale s"})
-    n_classes: int = field(default=1, metadata={"global": "n_classes"})
-    embed_dim: int = field(default=128, metadata={"global": "embed_dim"})
-
-
-class ArcFaceLoss(nn.Module):
+class ArcFaceLoss(ClassWeightLoss):
     """ArcFace (Deng et al. 2019) with learnable class weights."""
 
     name = "arcface"
-    Hparams = ArcfaceHparams
-    requires_miner = False
-    tuple_kind = None
 
-    def __init__(self, batchminer=None, **hparams) -> None:
-        super().__init__()
-        self.hp = ArcfaceHparams(**hparams)
-        self.class_weights = nn.Parameter(init_class_weights(self.hp.n_classes, self.hp.embed_dim))
-
-    def param_groups(self) -> list[dict]:
-        return [
-            {"params": [self.class_weights], "lr": self.hp.lr, "weight_decay": 0.0, "name": "arcface_weights"}
-        ]
+    def __init__(
+        self,
+        *,
+        n_classes: int,
+        embed_dim: int,
+        lr: Annotated[float, "learning rate of the ArcFace class weights"] = 5e-4,
+        angular_margin: Annotated[float, "additive angular margin m (radians)"] = 0.5,
+        feature_scale: Annotated[float, "logit scale s"] = 16.0,
+    ) -> None:
+        super().__init__(n_classes=n_classes, embed_dim=embed_dim, lr=lr)
+        self.angular_margin, self.feature_scale = angular_margin, feature_scale
 
     def forward(self, batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """batch: (B, D) embeddings; labels: (B,) class ids in [0, n_classes). Returns a scalar."""
-        check_labels(labels, self.hp.n_classes, self.name)
-        labels = labels.to(batch.device)
-        cos = cosine_logits(batch, self.class_weights)
-        target = additive_angular_margin(cos.gather(1, labels[:, None]).squeeze(1), self.hp.angular_margin)
-        return cross_entropy(self.hp.feature_scale * replace_target(cos, labels, target), labels)
+        cos, labels = self.cosines(batch, labels)
+        target = additive_angular_margin(target_logit(cos, labels), self.angular_margin)
+        return cross_entropy(self.feature_scale * replace_target(cos, labels, target), labels)

@@ -17,36 +17,33 @@ Not part of the study. An anchor-free batch gives a differentiable 0.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
-from torch.nn.functional import normalize, softplus
+from torch.nn.functional import softplus
 
-from criteria._common import PairBasedLoss, cross_label_masks, masked_logsumexp
-
-
-@dataclass
-class CircleHparams:
-    margin: float = field(default=0.4, metadata={"help": "relaxation m"})
-    gamma: float = field(default=80.0, metadata={"help": "scale γ"})
+from ._common import PairBasedLoss, cosine_pairs, masked_logsumexp
 
 
 class CircleLoss(PairBasedLoss):
     """Circle loss (Sun et al. 2020) over all pairs of the batch."""
 
     name = "circle"
-    Hparams = CircleHparams
-    requires_miner = False
-    tuple_kind = None
-    supports_xbm = True
+
+    def __init__(
+        self,
+        *,
+        margin: Annotated[float, "relaxation m"] = 0.4,
+        gamma: Annotated[float, "scale γ"] = 80.0,
+    ) -> None:
+        super().__init__()
+        self.margin, self.gamma = margin, gamma
 
     def cross_loss(
         self, queries: torch.Tensor, q_labels: torch.Tensor, ref: torch.Tensor, ref_labels: torch.Tensor
     ) -> torch.Tensor:
-        """Anchors ``queries`` (= the first rows of ``ref``) against all of ``ref``."""
-        m, gamma = self.hp.margin, self.hp.gamma
-        sim = normalize(queries, dim=1) @ normalize(ref, dim=1).T
-        pos, neg = cross_label_masks(q_labels.to(sim.device), ref_labels.to(sim.device))
+        m, gamma = self.margin, self.gamma
+        sim, pos, neg = cosine_pairs(queries, q_labels, ref, ref_labels)
         alpha_p = torch.relu(1.0 + m - sim.detach())
         alpha_n = torch.relu(sim.detach() + m)
         lse_p = masked_logsumexp(-gamma * alpha_p * (sim - 1.0 + m), pos)

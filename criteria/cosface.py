@@ -14,46 +14,32 @@ weight decay. Equal to pytorch-metric-learning's CosFaceLoss. Not part of the st
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
-from torch import nn
 from torch.nn.functional import cross_entropy
 
-from criteria._common import check_labels, cosine_logits, init_class_weights, replace_target
+from ._common import ClassWeightLoss, replace_target, target_logit
 
 
-@dataclass
-class CosfaceHparams:
-    lr: float = field(default=5e-4, metadata={"help": "learning rate of the class weights"})
-    margin: float = field(default=0.35, metadata={"help": "additive cosine margin m"})
-    scale: float = field(default=64.0, metadata={"help": "logit scale s"})
-    n_classes: int = field(default=1, metadata={"global": "n_classes"})
-    embed_dim: int = field(default=128, metadata={"global": "embed_dim"})
-
-
-class CosFaceLoss(nn.Module):
+class CosFaceLoss(ClassWeightLoss):
     """CosFace (Wang et al. 2018) with learnable class weights."""
 
     name = "cosface"
-    Hparams = CosfaceHparams
-    requires_miner = False
-    tuple_kind = None
 
-    def __init__(self, batchminer=None, **hparams) -> None:
-        super().__init__()
-        self.hp = CosfaceHparams(**hparams)
-        self.class_weights = nn.Parameter(init_class_weights(self.hp.n_classes, self.hp.embed_dim))
-
-    def param_groups(self) -> list[dict]:
-        return [
-            {"params": [self.class_weights], "lr": self.hp.lr, "weight_decay": 0.0, "name": "cosface_weights"}
-        ]
+    def __init__(
+        self,
+        *,
+        n_classes: int,
+        embed_dim: int,
+        lr: Annotated[float, "learning rate of the CosFace class weights"] = 5e-4,
+        margin: Annotated[float, "additive cosine margin m"] = 0.35,
+        scale: Annotated[float, "logit scale s"] = 64.0,
+    ) -> None:
+        super().__init__(n_classes=n_classes, embed_dim=embed_dim, lr=lr)
+        self.margin, self.scale = margin, scale
 
     def forward(self, batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """batch: (B, D) embeddings; labels: (B,) class ids in [0, n_classes). Returns a scalar."""
-        check_labels(labels, self.hp.n_classes, self.name)
-        labels = labels.to(batch.device)
-        cos = cosine_logits(batch, self.class_weights)
-        target = cos.gather(1, labels[:, None]).squeeze(1) - self.hp.margin
-        return cross_entropy(self.hp.scale * replace_target(cos, labels, target), labels)
+        cos, labels = self.cosines(batch, labels)
+        target = target_logit(cos, labels) - self.margin
+        return cross_entropy(self.scale * replace_target(cos, labels, target), labels)

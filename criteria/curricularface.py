@@ -21,69 +21,49 @@ decay. Not part of the study and not in pytorch-metric-learning. Memory O(B·C).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
-from torch import nn
 from torch.nn.functional import cross_entropy
 
-from criteria._common import (
+from ._common import (
+    ClassWeightLoss,
     additive_angular_margin,
-    check_labels,
     clamp_cosine,
-    cosine_logits,
-    init_class_weights,
     replace_target,
+    target_logit,
 )
 
 
-@dataclass
-class CurricularfaceHparams:
-    lr: float = field(default=5e-4, metadata={"help": "learning rate of the class weights"})
-    margin: float = field(default=0.5, metadata={"help": "additive angular margin m (radians)"})
-    scale: float = field(default=64.0, metadata={"help": "logit scale s"})
-    momentum: float = field(default=0.01, metadata={"help": "α of the moving average t"})
-    n_classes: int = field(default=1, metadata={"global": "n_classes"})
-    embed_dim: int = field(default=128, metadata={"global": "embed_dim"})
-
-
-class CurricularFaceLoss(nn.Module):
+class CurricularFaceLoss(ClassWeightLoss):
     """CurricularFace (Huang et al. 2020) with learnable class weights."""
 
     name = "curricularface"
-    Hparams = CurricularfaceHparams
-    requires_miner = False
-    tuple_kind = None
 
-    def __init__(self, batchminer=None, **hparams) -> None:
-        super().__init__()
-        self.hp = CurricularfaceHparams(**hparams)
-        self.class_weights = nn.Parameter(init_class_weights(self.hp.n_classes, self.hp.embed_dim))
+    def __init__(
+        self,
+        *,
+        n_classes: int,
+        embed_dim: int,
+        lr: Annotated[float, "learning rate of the CurricularFace class weights"] = 5e-4,
+        margin: Annotated[float, "additive angular margin m (radians)"] = 0.5,
+        scale: Annotated[float, "logit scale s"] = 64.0,
+        momentum: Annotated[float, "α of the moving average t"] = 0.01,
+    ) -> None:
+        super().__init__(n_classes=n_classes, embed_dim=embed_dim, lr=lr)
+        self.margin, self.scale, self.momentum = margin, scale, momentum
         self.register_buffer("t", torch.zeros((), dtype=torch.float64))
 
-    def param_groups(self) -> list[dict]:
-        return [
-            {
-                "params": [self.class_weights],
-                "lr": self.hp.lr,
-                "weight_decay": 0.0,
-                "name": "curricularface_weights",
-            }
-        ]
-
     def forward(self, batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """batch: (B, D) embeddings; labels: (B,) class ids in [0, n_classes). Returns a scalar."""
-        check_labels(labels, self.hp.n_classes, self.name)
-        labels = labels.to(batch.device)
-        m = self.hp.margin
-        cos = cosine_logits(batch, self.class_weights)
-        cos_y = cos.gather(1, labels[:, None]).squeeze(1)
+        cos, labels = self.cosines(batch, labels)
+        m = self.margin
+        cos_y = target_logit(cos, labels)
         if self.training:
             with torch.no_grad():
-                self.t.mul_(1.0 - self.hp.momentum).add_(self.hp.momentum * cos_y.mean().to(self.t.dtype))
+                self.t.mul_(1.0 - self.momentum).add_(self.momentum * cos_y.mean().to(self.t.dtype))
         with torch.no_grad():
             hard = cos > torch.cos(torch.arccos(clamp_cosine(cos_y)) + m)[:, None]
         t = self.t.to(cos.dtype)
         logits = torch.where(hard, cos * (t + cos), cos)
         logits = replace_target(logits, labels, additive_angular_margin(cos_y, m))
-        return cross_entropy(self.hp.scale * logits, labels)
+        return cross_entropy(self.scale * logits, labels)

@@ -19,18 +19,13 @@ O(B² + B·L). A batch without positive pairs gives a differentiable 0.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
 from torch import nn
 from torch.nn.functional import normalize
 
-from criteria._common import pairwise_distances, same_label_masks, zero_loss
-
-
-@dataclass
-class FastapHparams:
-    num_bins: int = field(default=10, metadata={"help": "number L of distance bins"})
+from ._common import pairwise_distances, same_label_masks, zero_loss
 
 
 def _soft_bins(d2: torch.Tensor, mask: torch.Tensor, n_bins: int) -> torch.Tensor:
@@ -54,13 +49,13 @@ class FastAPLoss(nn.Module):
     """FastAP (Cakir et al. 2019), each sample a query against the rest of the batch."""
 
     name = "fastap"
-    Hparams = FastapHparams
     requires_miner = False
-    tuple_kind = None
+    supports_xbm = False
+    tuple_kinds: tuple[str, ...] = ()
 
-    def __init__(self, batchminer=None, **hparams) -> None:
+    def __init__(self, *, num_bins: Annotated[int, "number L of distance bins"] = 10) -> None:
         super().__init__()
-        self.hp = FastapHparams(**hparams)
+        self.num_bins = num_bins
 
     def forward(self, batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """batch: (B, D) embeddings; labels: (B,) class ids. Returns a scalar."""
@@ -70,8 +65,8 @@ class FastAPLoss(nn.Module):
         if not bool(valid.any()):
             return zero_loss(batch)
         d2 = pairwise_distances(normalize(batch, dim=1), squared=True)
-        h_pos = _soft_bins(d2, pos, self.hp.num_bins)
-        h_all = h_pos + _soft_bins(d2, neg, self.hp.num_bins)
+        h_pos = _soft_bins(d2, pos, self.num_bins)
+        h_all = h_pos + _soft_bins(d2, neg, self.num_bins)
         cum_pos, cum_all = h_pos.cumsum(1), h_all.cumsum(1)
         ap = (h_pos * cum_pos / cum_all.clamp_min(1e-12)).sum(1) / n_pos.clamp_min(1)
         return ((1.0 - ap) * valid).sum() / valid.sum()

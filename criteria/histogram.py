@@ -27,18 +27,12 @@ differentiable 0.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
 from torch import nn
-from torch.nn.functional import normalize
 
-from criteria._common import zero_loss
-
-
-@dataclass
-class HistogramHparams:
-    nbins: int = field(default=65, metadata={"help": "number R of histogram nodes on [−1, 1]"})
+from ._common import cosine_logits, same_label_masks, zero_loss
 
 
 def soft_histogram(values: torch.Tensor, n_nodes: int) -> torch.Tensor:
@@ -56,26 +50,24 @@ class HistogramLoss(nn.Module):
     """Histogram loss (Ustinova & Lempitsky 2016) over all pairs of the batch."""
 
     name = "histogram"
-    Hparams = HistogramHparams
     requires_miner = False
-    tuple_kind = None
+    supports_xbm = False
+    tuple_kinds: tuple[str, ...] = ()
 
-    def __init__(self, batchminer=None, **hparams) -> None:
+    def __init__(self, *, nbins: Annotated[int, "number R of histogram nodes on [−1, 1]"] = 65) -> None:
         super().__init__()
-        self.hp = HistogramHparams(**hparams)
-        if self.hp.nbins < 2:
-            raise ValueError(f"histogram loss needs nbins >= 2, got {self.hp.nbins}")
+        if nbins < 2:
+            raise ValueError(f"histogram loss needs nbins >= 2, got {nbins}")
+        self.nbins = nbins
 
     def forward(self, batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """batch: (B, D) embeddings; labels: (B,) class ids. Returns a scalar."""
-        x = normalize(batch, dim=1)
-        sim = (x @ x.T).clamp(-1.0, 1.0)
-        labels = labels.to(batch.device)
-        upper = torch.ones_like(sim, dtype=torch.bool).triu(1)
-        same = labels[:, None] == labels[None, :]
-        pos, neg = sim[upper & same], sim[upper & ~same]
+        sim = cosine_logits(batch, batch).clamp(-1.0, 1.0)
+        pos, neg = same_label_masks(labels.to(batch.device))
+        upper = torch.ones_like(pos).triu(1)
+        pos, neg = sim[upper & pos], sim[upper & neg]
         if len(pos) == 0 or len(neg) == 0:
             return zero_loss(batch)
-        h_pos = soft_histogram(pos, self.hp.nbins)
-        h_neg = soft_histogram(neg, self.hp.nbins)
+        h_pos = soft_histogram(pos, self.nbins)
+        h_neg = soft_histogram(neg, self.nbins)
         return (h_neg * h_pos.cumsum(0)).sum()

@@ -23,38 +23,33 @@ differentiable 0.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
+from torch import nn
 
-from criteria._common import LIFTED, PairBasedLoss, cross_distances, keep_anchors, masked_logsumexp, zero_loss
-
-
-@dataclass
-class LiftedHparams:
-    neg_margin: float = field(default=1.0, metadata={"help": "margin m of the negative term"})
-    l2: float = field(default=0.005, metadata={"help": "weight of the ‖x‖ regulariser"})
+from ._common import LIFTED, MinedLoss, cross_distances, masked_logsumexp
 
 
-class LiftedLoss(PairBasedLoss):
+class LiftedLoss(MinedLoss):
     """Generalised lifted structure loss over (anchor, positive-mask, negative-mask) tuples."""
 
     name = "lifted"
-    Hparams = LiftedHparams
-    requires_miner = True
-    tuple_kind = LIFTED
-    supports_xbm = True
+    tuple_kinds = (LIFTED,)
 
-    def cross_loss(
-        self, queries: torch.Tensor, q_labels: torch.Tensor, ref: torch.Tensor, ref_labels: torch.Tensor
-    ) -> torch.Tensor:
-        """Anchors among ``queries`` (= the first rows of ``ref``), positives/negatives from ``ref``."""
-        anchors, pos_mask, neg_mask = keep_anchors(self.batchminer(ref, ref_labels), LIFTED, len(queries))
-        pos_mask, neg_mask = pos_mask.to(queries.device), neg_mask.to(queries.device)
-        valid = pos_mask.any(1) & neg_mask.any(1)
-        if not bool(valid.any()):
-            return zero_loss(queries)
-        anchors, pos_mask, neg_mask = anchors[valid], pos_mask[valid], neg_mask[valid]
+    def __init__(
+        self,
+        *,
+        batchminer: nn.Module,
+        neg_margin: Annotated[float, "margin m of the negative term"] = 1.0,
+        l2: Annotated[float, "weight of the ‖x‖ regulariser"] = 0.005,
+    ) -> None:
+        super().__init__(batchminer=batchminer)
+        self.neg_margin, self.l2 = neg_margin, l2
+
+    def tuple_loss(self, tuples, queries, q_labels, ref, ref_labels) -> torch.Tensor:
+        # (anchors, pos_mask, neg_mask): anchors index the queries, mask columns the references
+        anchors, pos_mask, neg_mask = tuples
         d = cross_distances(queries[anchors], ref)
-        per_anchor = masked_logsumexp(d, pos_mask) + masked_logsumexp(self.hp.neg_margin - d, neg_mask)
-        return torch.relu(per_anchor).mean() + self.hp.l2 * queries.norm(dim=1).mean()
+        per_anchor = masked_logsumexp(d, pos_mask) + masked_logsumexp(self.neg_margin - d, neg_mask)
+        return torch.relu(per_anchor).mean() + self.l2 * queries.norm(dim=1).mean()

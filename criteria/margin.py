@@ -22,60 +22,55 @@ Deviations from the reference implementation (all are fixes):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
 from torch import nn
 
-from criteria._common import TRIPLETS, PairBasedLoss, check_labels, keep_anchors, row_distances, zero_loss
+from ._common import TRIPLETS, MinedLoss, check_labels, row_distances
 
 
-@dataclass
-class MarginHparams:
-    margin: float = field(default=0.2, metadata={"help": "margin α around the boundary β"})
-    beta: float = field(default=1.2, metadata={"help": "initial class boundary β"})
-    beta_lr: float = field(default=5e-4, metadata={"help": "learning rate of the per-class β"})
-    nu: float = field(default=0.0, metadata={"help": "weight ν of the β regulariser"})
-    beta_constant: bool = field(default=False, metadata={"help": "keep β fixed (not learned)"})
-    n_classes: int = field(default=1, metadata={"global": "n_classes"})
-
-
-class MarginLoss(PairBasedLoss):
+class MarginLoss(MinedLoss):
     """Margin loss (Wu et al. 2017) with a learnable boundary per class."""
 
     name = "margin"
-    Hparams = MarginHparams
-    requires_miner = True
-    tuple_kind = TRIPLETS
-    supports_xbm = True
+    tuple_kinds = (TRIPLETS,)
 
-    def __init__(self, batchminer=None, **hparams) -> None:
-        super().__init__(batchminer, **hparams)
-        beta = torch.full((self.hp.n_classes,), float(self.hp.beta))
-        if self.hp.beta_constant:
-            self.register_buffer("beta", beta)
+    def __init__(
+        self,
+        *,
+        n_classes: int,
+        batchminer: nn.Module,
+        margin: Annotated[float, "margin α around the boundary β"] = 0.2,
+        beta: Annotated[float, "initial class boundary β"] = 1.2,
+        beta_lr: Annotated[float, "learning rate of the per-class β"] = 5e-4,
+        nu: Annotated[float, "weight ν of the β regulariser"] = 0.0,
+        beta_constant: Annotated[bool, "keep β fixed (not learned)"] = False,
+    ) -> None:
+        super().__init__(batchminer=batchminer)
+        self.n_classes, self.margin, self.beta_lr, self.nu = n_classes, margin, beta_lr, nu
+        self.beta_constant = beta_constant
+        initial = torch.full((n_classes,), float(beta))
+        if beta_constant:
+            self.register_buffer("beta", initial)
         else:
-            self.beta = nn.Parameter(beta)
+            self.beta = nn.Parameter(initial)
 
     def param_groups(self) -> list[dict]:
         """β gets its own learning rate and no weight decay."""
-        if self.hp.beta_constant:
+        if self.beta_constant:
             return []
-        return [{"params": [self.beta], "lr": self.hp.beta_lr, "weight_decay": 0.0, "name": "margin_beta"}]
+        return [{"params": [self.beta], "lr": self.beta_lr, "weight_decay": 0.0, "name": "margin_beta"}]
 
-    def cross_loss(
-        self, queries: torch.Tensor, q_labels: torch.Tensor, ref: torch.Tensor, ref_labels: torch.Tensor
-    ) -> torch.Tensor:
-        """Anchors among ``queries`` (= the first rows of ``ref``), positives/negatives from ``ref``."""
-        check_labels(q_labels, self.hp.n_classes, self.name)
-        anchors, positives, negatives = keep_anchors(self.batchminer(ref, ref_labels), TRIPLETS, len(queries))
-        if len(anchors) == 0:
-            return zero_loss(queries) + self.beta.sum() * 0.0
+    def tuple_loss(self, tuples, queries, q_labels, ref, ref_labels) -> torch.Tensor:
+        # triplets (a, p, n): anchors index the queries, positives and negatives the references
+        check_labels(q_labels, self.n_classes, self.name)
+        anchors, positives, negatives = tuples
         beta = self.beta[q_labels.to(self.beta.device)[anchors]].to(queries.dtype)
         d_ap = row_distances(queries[anchors], ref[positives])
         d_an = row_distances(queries[anchors], ref[negatives])
-        pos = torch.relu(d_ap - beta + self.hp.margin)
-        neg = torch.relu(beta - d_an + self.hp.margin)
+        pos = torch.relu(d_ap - beta + self.margin)
+        neg = torch.relu(beta - d_an + self.margin)
         n_active = ((pos > 0).sum() + (neg > 0).sum()).clamp_min(1)
-        total = (pos + neg).sum() + self.hp.nu * beta.sum()
+        total = (pos + neg).sum() + self.nu * beta.sum()
         return total / n_active

@@ -20,7 +20,7 @@ the sum is divided by the batch size B, as in the authors' code.
 
 Deviations from the reference implementation: vectorised with masks and ``logsumexp`` (log(1 + Σ e^z)
 computed stably) instead of a loop over anchors; the reference averaged over the surviving anchors
-only and crashed when none survived (its issue #3); here that case is a differentiable 0. The
+only and crashed when none survived (issue #3 of the reference repository); here that case is a differentiable 0. The
 embeddings are normalised inside (the reference relied on the architecture; for normalised input
 the value is unchanged).
 pytorch-metric-learning's MultiSimilarityMiner + MultiSimilarityLoss keep the term of an anchor
@@ -30,53 +30,42 @@ whose other set is empty; the authors' code (followed here) skips such an anchor
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
-from torch.nn.functional import normalize
 
-from criteria._common import PairBasedLoss, cross_label_masks
-
-
-@dataclass
-class MultiSimilarityHparams:
-    pos_weight: float = field(default=2.0, metadata={"help": "α, scale of the positive term"})
-    neg_weight: float = field(default=40.0, metadata={"help": "β, scale of the negative term"})
-    margin: float = field(default=0.1, metadata={"help": "ε of the pair mining"})
-    thresh: float = field(default=0.5, metadata={"help": "λ, similarity offset"})
-
-
-def _log1p_sum_exp(z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Row-wise log(1 + Σ_{mask} e^z), stable, 0 for empty rows."""
-    z = z.masked_fill(~mask, float("-inf"))
-    zeros = torch.zeros(len(z), 1, dtype=z.dtype, device=z.device)
-    return torch.logsumexp(torch.cat([zeros, z], dim=1), dim=1)
+from ._common import PairBasedLoss, cosine_pairs, masked_logsumexp
 
 
 class MultiSimilarityLoss(PairBasedLoss):
     """Multi-Similarity loss (Wang et al. 2019) with its own pair mining."""
 
     name = "multisimilarity"
-    Hparams = MultiSimilarityHparams
-    requires_miner = False
-    tuple_kind = None
-    supports_xbm = True
+
+    def __init__(
+        self,
+        *,
+        pos_weight: Annotated[float, "α, scale of the positive term"] = 2.0,
+        neg_weight: Annotated[float, "β, scale of the negative term"] = 40.0,
+        margin: Annotated[float, "ε of the pair mining"] = 0.1,
+        thresh: Annotated[float, "λ, similarity offset"] = 0.5,
+    ) -> None:
+        super().__init__()
+        self.pos_weight, self.neg_weight, self.margin, self.thresh = pos_weight, neg_weight, margin, thresh
 
     def cross_loss(
         self, queries: torch.Tensor, q_labels: torch.Tensor, ref: torch.Tensor, ref_labels: torch.Tensor
     ) -> torch.Tensor:
-        """Anchors ``queries`` (= the first rows of ``ref``) against all of ``ref``."""
-        hp = self.hp
-        sim = normalize(queries, dim=1) @ normalize(ref, dim=1).T
-        pos_mask, neg_mask = cross_label_masks(q_labels.to(sim.device), ref_labels.to(sim.device))
+        sim, pos_mask, neg_mask = cosine_pairs(queries, q_labels, ref, ref_labels)
         with torch.no_grad():
             inf = torch.tensor(float("inf"), dtype=sim.dtype, device=sim.device)
             min_pos = torch.where(pos_mask, sim, inf).min(1, keepdim=True).values
             max_neg = torch.where(neg_mask, sim, -inf).max(1, keepdim=True).values
-            neg_keep = neg_mask & (sim + hp.margin > min_pos)
-            pos_keep = pos_mask & (sim - hp.margin < max_neg)
+            neg_keep = neg_mask & (sim + self.margin > min_pos)
+            pos_keep = pos_mask & (sim - self.margin < max_neg)
             valid = pos_keep.any(1) & neg_keep.any(1)
-        pos_term = _log1p_sum_exp(-hp.pos_weight * (sim - hp.thresh), pos_keep) / hp.pos_weight
-        neg_term = _log1p_sum_exp(hp.neg_weight * (sim - hp.thresh), neg_keep) / hp.neg_weight
+        pos_z, neg_z = -self.pos_weight * (sim - self.thresh), self.neg_weight * (sim - self.thresh)
+        pos_term = masked_logsumexp(pos_z, pos_keep, add_one=True) / self.pos_weight
+        neg_term = masked_logsumexp(neg_z, neg_keep, add_one=True) / self.neg_weight
         per_anchor = torch.where(valid, pos_term + neg_term, torch.zeros_like(pos_term))
         return per_anchor.sum() / len(queries)

@@ -25,45 +25,32 @@ no anchor gives a differentiable 0.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
+from torch import nn
 
-from criteria._common import NPAIR, PairBasedLoss, keep_anchors, masked_logsumexp, zero_loss
-
-
-@dataclass
-class NpairHparams:
-    l2: float = field(default=0.005, metadata={"help": "weight of the embedding-norm regulariser"})
-    l2_squared: bool = field(
-        default=False, metadata={"help": "regularise ‖x‖² (Sohn) instead of ‖x‖ (study)"}
-    )
+from ._common import NPAIR, MinedLoss, npair_term
 
 
-class NpairLoss(PairBasedLoss):
+class NpairLoss(MinedLoss):
     """N-pair loss (Sohn 2016) over (anchor, positive, negative-mask) tuples."""
 
     name = "npair"
-    Hparams = NpairHparams
-    requires_miner = True
-    tuple_kind = NPAIR
-    supports_xbm = True
+    tuple_kinds = (NPAIR,)
 
-    def cross_loss(
-        self, queries: torch.Tensor, q_labels: torch.Tensor, ref: torch.Tensor, ref_labels: torch.Tensor
-    ) -> torch.Tensor:
-        """Anchors among ``queries`` (= the first rows of ``ref``), positives/negatives from ``ref``."""
-        anchors, positives, neg_mask = keep_anchors(self.batchminer(ref, ref_labels), NPAIR, len(queries))
-        has_neg = neg_mask.any(1)  # an anchor without negatives has no term: not a 0 in the mean
-        anchors, positives, neg_mask = (
-            anchors[has_neg.to(anchors.device)],
-            positives[has_neg.to(anchors.device)],
-            neg_mask[has_neg],
-        )
-        if len(anchors) == 0:
-            return zero_loss(queries)
-        xa = queries[anchors]
-        z = xa @ ref.T - (xa * ref[positives]).sum(1, keepdim=True)
-        loss = masked_logsumexp(z, neg_mask.to(z.device), add_one=True).mean()
+    def __init__(
+        self,
+        *,
+        batchminer: nn.Module,
+        l2: Annotated[float, "weight of the embedding-norm regulariser"] = 0.005,
+        l2_squared: Annotated[bool, "regularise ‖x‖² (Sohn) instead of ‖x‖ (study)"] = False,
+    ) -> None:
+        super().__init__(batchminer=batchminer)
+        self.l2, self.l2_squared = l2, l2_squared
+
+    def tuple_loss(self, tuples, queries, q_labels, ref, ref_labels) -> torch.Tensor:
+        # (anchors, positives, neg_mask): anchors index the queries, the rest the references
+        loss = npair_term(queries, ref, *tuples)
         norms = queries.norm(dim=1)
-        return loss + self.hp.l2 * (norms.pow(2) if self.hp.l2_squared else norms).mean()
+        return loss + self.l2 * (norms.pow(2) if self.l2_squared else norms).mean()

@@ -17,57 +17,45 @@ pytorch-metric-learning's ProxyAnchorLoss. Not part of the study. Memory O(B·C)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
 from torch import nn
 from torch.nn.functional import one_hot
 
-from criteria._common import check_labels, cosine_logits, masked_logsumexp
+from ._common import ClassWeightLoss, masked_logsumexp
 
 
-@dataclass
-class ProxyanchorHparams:
-    alpha: float = field(default=32.0, metadata={"help": "scale α"})
-    margin: float = field(default=0.1, metadata={"help": "margin δ"})
-    lrmulti: float = field(default=100.0, metadata={"help": "proxy learning rate = --lr × lrmulti"})
-    lr: float = field(default=1e-5, metadata={"global": "lr"})
-    n_classes: int = field(default=1, metadata={"global": "n_classes"})
-    embed_dim: int = field(default=128, metadata={"global": "embed_dim"})
-
-
-class ProxyAnchorLoss(nn.Module):
+class ProxyAnchorLoss(ClassWeightLoss):
     """Proxy-Anchor (Kim et al. 2020) with one learnable proxy per class."""
 
     name = "proxyanchor"
-    Hparams = ProxyanchorHparams
-    requires_miner = False
-    tuple_kind = None
 
-    def __init__(self, batchminer=None, **hparams) -> None:
-        super().__init__()
-        self.hp = ProxyanchorHparams(**hparams)
-        proxies = torch.empty(self.hp.n_classes, self.hp.embed_dim)
-        self.proxies = nn.Parameter(nn.init.kaiming_normal_(proxies, mode="fan_out"))
+    def __init__(
+        self,
+        *,
+        n_classes: int,
+        embed_dim: int,
+        lr: float,
+        alpha: Annotated[float, "scale α"] = 32.0,
+        margin: Annotated[float, "margin δ"] = 0.1,
+        lrmulti: Annotated[float, "proxy learning rate = --lr × lrmulti"] = 100.0,
+    ) -> None:
+        proxies = nn.init.kaiming_normal_(torch.empty(n_classes, embed_dim), mode="fan_out")
+        super().__init__(
+            n_classes=n_classes, embed_dim=embed_dim, lr=lr, table=proxies, param="proxies", group="proxies"
+        )
+        self.alpha, self.margin, self.lrmulti = alpha, margin, lrmulti
 
-    def param_groups(self) -> list[dict]:
-        return [
-            {
-                "params": [self.proxies],
-                "lr": self.hp.lr * self.hp.lrmulti,
-                "weight_decay": 0.0,
-                "name": "proxyanchor_proxies",
-            }
-        ]
+    def table_lr(self) -> float:
+        """The network's learning rate × ``lrmulti``."""
+        return self.lr * self.lrmulti
 
     def forward(self, batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """batch: (B, D) embeddings; labels: (B,) class ids in [0, n_classes). Returns a scalar."""
-        check_labels(labels, self.hp.n_classes, self.name)
-        labels = labels.to(batch.device)
-        alpha, delta = self.hp.alpha, self.hp.margin
-        cos = cosine_logits(batch, self.proxies)
-        positive = one_hot(labels, self.hp.n_classes).to(torch.bool)
+        cos, labels = self.cosines(batch, labels)
+        alpha, delta = self.alpha, self.margin
+        positive = one_hot(labels, self.n_classes).to(torch.bool)
         pos_term = masked_logsumexp(-alpha * (cos - delta), positive, dim=0, add_one=True)
         neg_term = masked_logsumexp(alpha * (cos + delta), ~positive, dim=0, add_one=True)
         n_present = positive.any(0).sum()
-        return pos_term.sum() / n_present + neg_term.sum() / self.hp.n_classes
+        return pos_term.sum() / n_present + neg_term.sum() / self.n_classes

@@ -22,53 +22,42 @@ no Python loop over the batch; the scale is a flag (default unchanged). Memory O
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
-from torch import nn
 
-from criteria._common import check_labels, cosine_logits
-
-
-@dataclass
-class ProxyncaHparams:
-    lrmulti: float = field(default=50.0, metadata={"help": "proxy learning rate = --lr × lrmulti"})
-    scale: float = field(default=3.0, metadata={"help": "σ: embeddings and proxies are scaled to norm σ"})
-    lr: float = field(default=1e-5, metadata={"global": "lr"})
-    n_classes: int = field(default=1, metadata={"global": "n_classes"})
-    embed_dim: int = field(default=128, metadata={"global": "embed_dim"})
+from ._common import ClassWeightLoss, target_logit
 
 
-class ProxyNCALoss(nn.Module):
+class ProxyNCALoss(ClassWeightLoss):
     """ProxyNCA (Movshovitz-Attias et al. 2017) with one learnable proxy per class."""
 
     name = "proxynca"
-    Hparams = ProxyncaHparams
-    requires_miner = False
-    tuple_kind = None
 
-    def __init__(self, batchminer=None, **hparams) -> None:
-        super().__init__()
-        self.hp = ProxyncaHparams(**hparams)
-        self.proxies = nn.Parameter(torch.randn(self.hp.n_classes, self.hp.embed_dim) / 8.0)
+    def __init__(
+        self,
+        *,
+        n_classes: int,
+        embed_dim: int,
+        lr: float,
+        lrmulti: Annotated[float, "proxy learning rate = --lr × lrmulti"] = 50.0,
+        scale: Annotated[float, "σ: embeddings and proxies are scaled to norm σ"] = 3.0,
+    ) -> None:
+        proxies = torch.randn(n_classes, embed_dim) / 8.0
+        super().__init__(
+            n_classes=n_classes, embed_dim=embed_dim, lr=lr, table=proxies, param="proxies", group="proxies"
+        )
+        self.lrmulti, self.scale = lrmulti, scale
 
-    def param_groups(self) -> list[dict]:
-        return [
-            {
-                "params": [self.proxies],
-                "lr": self.hp.lr * self.hp.lrmulti,
-                "weight_decay": 0.0,
-                "name": "proxynca_proxies",
-            }
-        ]
+    def table_lr(self) -> float:
+        """The network's learning rate × ``lrmulti``."""
+        return self.lr * self.lrmulti
 
     def forward(self, batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """batch: (B, D) embeddings; labels: (B,) class ids in [0, n_classes). Returns a scalar."""
-        check_labels(labels, self.hp.n_classes, self.name)
-        labels = labels.to(batch.device)
-        dist = 2.0 * self.hp.scale**2 * (1.0 - cosine_logits(batch, self.proxies))
-        d_pos = dist.gather(1, labels[:, None]).squeeze(1)
-        if self.hp.n_classes == 1:  # no negative proxy
+        cos, labels = self.cosines(batch, labels)
+        dist = 2.0 * self.scale**2 * (1.0 - cos)
+        d_pos = target_logit(dist, labels)
+        if self.n_classes == 1:  # no negative proxy
             return d_pos.mean()
         negatives = (-dist).scatter(1, labels[:, None], float("-inf"))
         return (d_pos + torch.logsumexp(negatives, dim=1)).mean()

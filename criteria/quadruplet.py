@@ -22,44 +22,44 @@ Any number of triplets works; vectorised (T × B); nothing mined gives a differe
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
+from torch import nn
 
-from criteria._common import TRIPLETS, PairBasedLoss, cross_distances, keep_anchors, row_distances, zero_loss
-
-
-@dataclass
-class QuadrupletHparams:
-    margin_alpha_1: float = field(default=0.2, metadata={"help": "α₁, margin of the triplet term"})
-    margin_alpha_2: float = field(default=0.2, metadata={"help": "α₂, margin of the negative-pair term"})
+from ._common import TRIPLETS, MinedLoss, cross_distances, other_label_mask, row_distances
 
 
-class QuadrupletLoss(PairBasedLoss):
+class QuadrupletLoss(MinedLoss):
     """Quadruplet loss (Chen et al. 2017) on mined triplets plus every third-class sample."""
 
     name = "quadruplet"
-    Hparams = QuadrupletHparams
-    requires_miner = True
-    tuple_kind = TRIPLETS
-    supports_xbm = True
+    tuple_kinds = (TRIPLETS,)
 
-    def cross_loss(
-        self, queries: torch.Tensor, q_labels: torch.Tensor, ref: torch.Tensor, ref_labels: torch.Tensor
-    ) -> torch.Tensor:
-        """Anchors among ``queries`` (= the first rows of ``ref``), other samples from ``ref``."""
-        anchors, positives, negatives = keep_anchors(self.batchminer(ref, ref_labels), TRIPLETS, len(queries))
-        if len(anchors) == 0:
-            return zero_loss(queries)
+    def __init__(
+        self,
+        *,
+        batchminer: nn.Module,
+        margin_alpha_1: Annotated[float, "α₁, margin of the triplet term"] = 0.2,
+        margin_alpha_2: Annotated[float, "α₂, margin of the negative-pair term"] = 0.2,
+    ) -> None:
+        super().__init__(batchminer=batchminer)
+        self.margin_alpha_1, self.margin_alpha_2 = margin_alpha_1, margin_alpha_2
+
+    def tuple_loss(self, tuples, queries, q_labels, ref, ref_labels) -> torch.Tensor:
+        # triplets (a, p, n): anchors index the queries; positives, negatives and q the references
+        anchors, positives, negatives = tuples
         ref_labels = ref_labels.to(queries.device)
         d_ap = row_distances(queries[anchors], ref[positives])
         d_an = row_distances(queries[anchors], ref[negatives])
-        triplet = torch.relu(d_ap - d_an + self.hp.margin_alpha_1).mean()
+        triplet = torch.relu(d_ap - d_an + self.margin_alpha_1).mean()
 
-        y_a, y_n = ref_labels[anchors], ref_labels[negatives]
-        third = (ref_labels[None, :] != y_a[:, None]) & (ref_labels[None, :] != y_n[:, None])
+        # q: a class other than the anchor's and the negative's
+        third = other_label_mask(ref_labels[anchors], ref_labels) & other_label_mask(
+            ref_labels[negatives], ref_labels
+        )
         d_nq = cross_distances(ref[negatives], ref)
-        hinge = torch.relu(d_ap[:, None] - d_nq + self.hp.margin_alpha_2) * third
+        hinge = torch.relu(d_ap[:, None] - d_nq + self.margin_alpha_2) * third
         n_q = third.sum(1)
         has_q = n_q > 0
         per_triplet = hinge.sum(1) / n_q.clamp_min(1)

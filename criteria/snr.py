@@ -25,17 +25,12 @@ nothing mined gives a differentiable 0.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
+from torch import nn
 
-from criteria._common import TRIPLETS, PairBasedLoss, keep_anchors, zero_loss
-
-
-@dataclass
-class SnrHparams:
-    margin: float = field(default=0.2, metadata={"help": "margin m between SNR distances"})
-    reg_lambda: float = field(default=0.005, metadata={"help": "λ of the zero-mean regulariser"})
+from ._common import TRIPLETS, MinedLoss
 
 
 def snr_distance(anchors: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
@@ -43,25 +38,26 @@ def snr_distance(anchors: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
     return (others - anchors).var(dim=1) / anchors.var(dim=1)
 
 
-class SnrLoss(PairBasedLoss):
+class SnrLoss(MinedLoss):
     """SNR-distance triplet loss (Yuan et al. 2019)."""
 
     name = "snr"
-    Hparams = SnrHparams
-    requires_miner = True
-    tuple_kind = TRIPLETS
-    supports_xbm = True
+    tuple_kinds = (TRIPLETS,)
 
-    def cross_loss(
-        self, queries: torch.Tensor, q_labels: torch.Tensor, ref: torch.Tensor, ref_labels: torch.Tensor
-    ) -> torch.Tensor:
-        """Anchors among ``queries`` (= the first rows of ``ref``), positives/negatives from ``ref``."""
-        anchors, positives, negatives = keep_anchors(self.batchminer(ref, ref_labels), TRIPLETS, len(queries))
-        if len(anchors) == 0:
-            return zero_loss(queries)
+    def __init__(
+        self,
+        *,
+        batchminer: nn.Module,
+        margin: Annotated[float, "margin m between SNR distances"] = 0.2,
+        reg_lambda: Annotated[float, "λ of the zero-mean regulariser"] = 0.005,
+    ) -> None:
+        super().__init__(batchminer=batchminer)
+        self.margin, self.reg_lambda = margin, reg_lambda
+
+    def tuple_loss(self, tuples, queries, q_labels, ref, ref_labels) -> torch.Tensor:
+        # triplets (a, p, n): anchors index the queries, positives and negatives the references
+        anchors, positives, negatives = tuples
         xa = queries[anchors]
-        hinge = torch.relu(
-            snr_distance(xa, ref[positives]) - snr_distance(xa, ref[negatives]) + self.hp.margin
-        )
+        hinge = torch.relu(snr_distance(xa, ref[positives]) - snr_distance(xa, ref[negatives]) + self.margin)
         triplet = hinge.sum() / (hinge > 0).sum().clamp_min(1)
-        return triplet + self.hp.reg_lambda * queries.sum(dim=1).abs().mean()
+        return triplet + self.reg_lambda * queries.sum(dim=1).abs().mean()

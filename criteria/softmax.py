@@ -18,43 +18,30 @@ Memory O(B·C).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
-from torch import nn
 from torch.nn.functional import cross_entropy
 
-from criteria._common import check_labels, cosine_logits, init_class_weights
+from ._common import ClassWeightLoss
 
 
-@dataclass
-class SoftmaxHparams:
-    lr: float = field(default=1e-5, metadata={"help": "learning rate of the class weights"})
-    temperature: float = field(default=0.05, metadata={"help": "softmax temperature T"})
-    n_classes: int = field(default=1, metadata={"global": "n_classes"})
-    embed_dim: int = field(default=128, metadata={"global": "embed_dim"})
-
-
-class SoftmaxLoss(nn.Module):
+class SoftmaxLoss(ClassWeightLoss):
     """Normalised softmax (Zhai & Wu 2019) with learnable class weights."""
 
     name = "softmax"
-    Hparams = SoftmaxHparams
-    requires_miner = False
-    tuple_kind = None
 
-    def __init__(self, batchminer=None, **hparams) -> None:
-        super().__init__()
-        self.hp = SoftmaxHparams(**hparams)
-        self.class_weights = nn.Parameter(init_class_weights(self.hp.n_classes, self.hp.embed_dim))
-
-    def param_groups(self) -> list[dict]:
-        return [
-            {"params": [self.class_weights], "lr": self.hp.lr, "weight_decay": 0.0, "name": "softmax_weights"}
-        ]
+    def __init__(
+        self,
+        *,
+        n_classes: int,
+        embed_dim: int,
+        lr: Annotated[float, "learning rate of the softmax class weights"] = 1e-5,
+        temperature: Annotated[float, "softmax temperature T"] = 0.05,
+    ) -> None:
+        super().__init__(n_classes=n_classes, embed_dim=embed_dim, lr=lr)
+        self.temperature = temperature
 
     def forward(self, batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """batch: (B, D) embeddings; labels: (B,) class ids in [0, n_classes). Returns a scalar."""
-        check_labels(labels, self.hp.n_classes, self.name)
-        logits = cosine_logits(batch, self.class_weights) / self.hp.temperature
-        return cross_entropy(logits, labels.to(batch.device))
+        cos, labels = self.cosines(batch, labels)
+        return cross_entropy(cos / self.temperature, labels)

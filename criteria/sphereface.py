@@ -13,7 +13,7 @@ k = ⌊m θ / π⌋ (so θ ∈ [kπ/m, (k+1)π/m]):
 
 m = ``--loss_sphereface_margin`` (4), s = ``--loss_sphereface_scale`` (1), λ =
 ``--loss_sphereface_anneal`` (0: the pure A-Softmax; the paper anneals λ from large to ~5 during
-training, which a schedule can do by setting ``criterion.hp.anneal``). The embedding is *not*
+training, which a schedule can do by setting ``criterion.anneal``). The embedding is *not*
 normalised (its norm scales the logits, as in the paper). W ∈ ℝ^{C×D} is initialised U(±1/√D),
 learned with ``--loss_sphereface_lr`` (5e-4), no weight decay. With λ = 0 equal to
 pytorch-metric-learning's SphereFaceLoss. Not part of the study. Memory O(B·C).
@@ -21,59 +21,46 @@ pytorch-metric-learning's SphereFaceLoss. Not part of the study. Memory O(B·C).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
-from torch import nn
 from torch.nn.functional import cross_entropy
 
-from criteria._common import check_labels, clamp_cosine, cosine_logits, init_class_weights, replace_target
+from ._common import (
+    ClassWeightLoss,
+    clamp_cosine,
+    replace_target,
+    target_logit,
+)
 
 
-@dataclass
-class SpherefaceHparams:
-    lr: float = field(default=5e-4, metadata={"help": "learning rate of the class weights"})
-    margin: int = field(default=4, metadata={"help": "integer angular multiplier m"})
-    scale: float = field(default=1.0, metadata={"help": "extra logit scale s"})
-    anneal: float = field(default=0.0, metadata={"help": "λ blending cos θ into the target logit"})
-    n_classes: int = field(default=1, metadata={"global": "n_classes"})
-    embed_dim: int = field(default=128, metadata={"global": "embed_dim"})
-
-
-class SphereFaceLoss(nn.Module):
+class SphereFaceLoss(ClassWeightLoss):
     """SphereFace / A-Softmax (Liu et al. 2017) with learnable class weights."""
 
     name = "sphereface"
-    Hparams = SpherefaceHparams
-    requires_miner = False
-    tuple_kind = None
 
-    def __init__(self, batchminer=None, **hparams) -> None:
-        super().__init__()
-        self.hp = SpherefaceHparams(**hparams)
-        if self.hp.margin < 1:
-            raise ValueError(f"sphereface margin must be an integer >= 1, got {self.hp.margin}")
-        self.class_weights = nn.Parameter(init_class_weights(self.hp.n_classes, self.hp.embed_dim))
-
-    def param_groups(self) -> list[dict]:
-        return [
-            {
-                "params": [self.class_weights],
-                "lr": self.hp.lr,
-                "weight_decay": 0.0,
-                "name": "sphereface_weights",
-            }
-        ]
+    def __init__(
+        self,
+        *,
+        n_classes: int,
+        embed_dim: int,
+        lr: Annotated[float, "learning rate of the SphereFace class weights"] = 5e-4,
+        margin: Annotated[int, "integer angular multiplier m"] = 4,
+        scale: Annotated[float, "extra logit scale s"] = 1.0,
+        anneal: Annotated[float, "λ blending cos θ into the target logit"] = 0.0,
+    ) -> None:
+        if margin < 1:
+            raise ValueError(f"sphereface margin must be an integer >= 1, got {margin}")
+        super().__init__(n_classes=n_classes, embed_dim=embed_dim, lr=lr)
+        self.margin, self.scale, self.anneal = margin, scale, anneal
 
     def forward(self, batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """batch: (B, D) embeddings (not normalised); labels: (B,) class ids. Returns a scalar."""
-        check_labels(labels, self.hp.n_classes, self.name)
-        labels = labels.to(batch.device)
-        m = int(self.hp.margin)
-        cos = cosine_logits(batch, self.class_weights)
-        theta = torch.arccos(clamp_cosine(cos.gather(1, labels[:, None]).squeeze(1)))
+        cos, labels = self.cosines(batch, labels)
+        m = int(self.margin)
+        theta = torch.arccos(clamp_cosine(target_logit(cos, labels)))
         k = torch.floor(m * theta.detach() / torch.pi)
         psi = (1.0 - 2.0 * torch.remainder(k, 2)) * torch.cos(m * theta) - 2.0 * k
-        target = (self.hp.anneal * torch.cos(theta) + psi) / (1.0 + self.hp.anneal)
-        logits = replace_target(cos, labels, target) * batch.norm(dim=1, keepdim=True) * self.hp.scale
+        target = (self.anneal * torch.cos(theta) + psi) / (1.0 + self.anneal)
+        logits = replace_target(cos, labels, target) * batch.norm(dim=1, keepdim=True) * self.scale
         return cross_entropy(logits, labels)

@@ -13,68 +13,48 @@ K = ``--loss_subcenter_arcface_sub_centers`` (3), s = ``--loss_subcenter_arcface
 m = ``--loss_subcenter_arcface_margin`` (0.5 rad), the paper's values. The (K·C) × D weights (row
 k·C + c is sub-centre k of class c) are initialised U(±1/√D) and learned with
 ``--loss_subcenter_arcface_lr`` (5e-4), no weight decay. Equal to pytorch-metric-learning's
-SubCenterArcFaceLoss (its weight column c·K + k is our row k·C + c). The paper's later step of dropping non-dominant sub-centres and outliers is
-not included. Not part of the study. Memory O(B·C·K).
+SubCenterArcFaceLoss (its weight column c·K + k is our row k·C + c). The paper's later step
+of dropping non-dominant sub-centres and outliers is not included. Not part of the study. Memory O(B·C·K).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
-from torch import nn
 from torch.nn.functional import cross_entropy
 
-from criteria._common import (
+from ._common import (
+    ClassWeightLoss,
     additive_angular_margin,
-    check_labels,
-    cosine_logits,
     init_class_weights,
     replace_target,
+    target_logit,
 )
 
 
-@dataclass
-class SubcenterArcfaceHparams:
-    lr: float = field(default=5e-4, metadata={"help": "learning rate of the sub-centre weights"})
-    margin: float = field(default=0.5, metadata={"help": "additive angular margin m (radians)"})
-    scale: float = field(default=64.0, metadata={"help": "logit scale s"})
-    sub_centers: int = field(default=3, metadata={"help": "sub-centres K per class"})
-    n_classes: int = field(default=1, metadata={"global": "n_classes"})
-    embed_dim: int = field(default=128, metadata={"global": "embed_dim"})
-
-
-class SubCenterArcFaceLoss(nn.Module):
+class SubCenterArcFaceLoss(ClassWeightLoss):
     """Sub-center ArcFace (Deng et al. 2020) with K learnable sub-centres per class."""
 
     name = "subcenter_arcface"
-    Hparams = SubcenterArcfaceHparams
-    requires_miner = False
-    tuple_kind = None
 
-    def __init__(self, batchminer=None, **hparams) -> None:
-        super().__init__()
-        self.hp = SubcenterArcfaceHparams(**hparams)
-        self.class_weights = nn.Parameter(
-            init_class_weights(self.hp.n_classes * self.hp.sub_centers, self.hp.embed_dim)
-        )
-
-    def param_groups(self) -> list[dict]:
-        return [
-            {
-                "params": [self.class_weights],
-                "lr": self.hp.lr,
-                "weight_decay": 0.0,
-                "name": "subcenter_arcface_weights",
-            }
-        ]
+    def __init__(
+        self,
+        *,
+        n_classes: int,
+        embed_dim: int,
+        lr: Annotated[float, "learning rate of the sub-centre weights"] = 5e-4,
+        margin: Annotated[float, "additive angular margin m (radians)"] = 0.5,
+        scale: Annotated[float, "logit scale s"] = 64.0,
+        sub_centers: Annotated[int, "sub-centres K per class"] = 3,
+    ) -> None:
+        table = init_class_weights(n_classes * sub_centers, embed_dim)
+        super().__init__(n_classes=n_classes, embed_dim=embed_dim, lr=lr, table=table)
+        self.margin, self.scale, self.sub_centers = margin, scale, sub_centers
 
     def forward(self, batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """batch: (B, D) embeddings; labels: (B,) class ids in [0, n_classes). Returns a scalar."""
-        check_labels(labels, self.hp.n_classes, self.name)
-        labels = labels.to(batch.device)
-        cos = cosine_logits(batch, self.class_weights)
+        cos, labels = self.cosines(batch, labels)
         # sub-centre-major layout (B, K, C): the max over K runs across contiguous C-long rows
-        cos = cos.view(len(batch), self.hp.sub_centers, self.hp.n_classes).max(dim=1).values
-        target = additive_angular_margin(cos.gather(1, labels[:, None]).squeeze(1), self.hp.margin)
-        return cross_entropy(self.hp.scale * replace_target(cos, labels, target), labels)
+        cos = cos.view(len(batch), self.sub_centers, self.n_classes).max(dim=1).values
+        target = additive_angular_margin(target_logit(cos, labels), self.margin)
+        return cross_entropy(self.scale * replace_target(cos, labels, target), labels)

@@ -16,34 +16,27 @@ differentiable 0.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
-from torch.nn.functional import normalize
 
-from criteria._common import PairBasedLoss, cross_label_masks, masked_logsumexp
-
-
-@dataclass
-class SupconHparams:
-    temperature: float = field(default=0.1, metadata={"help": "temperature τ"})
+from ._common import PairBasedLoss, cosine_pairs, masked_logsumexp
 
 
 class SupConLoss(PairBasedLoss):
     """Supervised contrastive loss (Khosla et al. 2020)."""
 
     name = "supcon"
-    Hparams = SupconHparams
-    requires_miner = False
-    tuple_kind = None
-    supports_xbm = True
+
+    def __init__(self, *, temperature: Annotated[float, "temperature τ"] = 0.1) -> None:
+        super().__init__()
+        self.temperature = temperature
 
     def cross_loss(
         self, queries: torch.Tensor, q_labels: torch.Tensor, ref: torch.Tensor, ref_labels: torch.Tensor
     ) -> torch.Tensor:
-        """Anchors ``queries`` (= the first rows of ``ref``) against all of ``ref``."""
-        logits = normalize(queries, dim=1) @ normalize(ref, dim=1).T / self.hp.temperature
-        pos, neg = cross_label_masks(q_labels.to(logits.device), ref_labels.to(logits.device))
+        sim, pos, neg = cosine_pairs(queries, q_labels, ref, ref_labels)
+        logits = sim / self.temperature
         log_prob = logits - masked_logsumexp(logits, pos | neg)[:, None]
         n_pos = pos.sum(1)
         per_anchor = -(log_prob * pos).sum(1) / n_pos.clamp_min(1)

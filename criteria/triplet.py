@@ -15,34 +15,32 @@ the cross-batch memory (criteria/xbm.py) draw positives and negatives from store
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
+from torch import nn
 
-from criteria._common import TRIPLETS, PairBasedLoss, keep_anchors, row_distances, zero_loss
-
-
-@dataclass
-class TripletHparams:
-    margin: float = field(default=0.2, metadata={"help": "margin m between squared d(a,p) and d(a,n)"})
+from ._common import TRIPLETS, MinedLoss, row_distances
 
 
-class TripletLoss(PairBasedLoss):
+class TripletLoss(MinedLoss):
     """Triplet loss with squared Euclidean distances over mined triplets."""
 
     name = "triplet"
-    Hparams = TripletHparams
-    requires_miner = True
-    tuple_kind = TRIPLETS
-    supports_xbm = True
+    tuple_kinds = (TRIPLETS,)
 
-    def cross_loss(
-        self, queries: torch.Tensor, q_labels: torch.Tensor, ref: torch.Tensor, ref_labels: torch.Tensor
-    ) -> torch.Tensor:
-        """Anchors among ``queries`` (= the first rows of ``ref``), positives/negatives from ``ref``."""
-        anchors, positives, negatives = keep_anchors(self.batchminer(ref, ref_labels), TRIPLETS, len(queries))
-        if len(anchors) == 0:
-            return zero_loss(queries)
+    def __init__(
+        self,
+        *,
+        batchminer: nn.Module,
+        margin: Annotated[float, "margin m between squared d(a,p) and d(a,n)"] = 0.2,
+    ) -> None:
+        super().__init__(batchminer=batchminer)
+        self.margin = margin
+
+    def tuple_loss(self, tuples, queries, q_labels, ref, ref_labels) -> torch.Tensor:
+        # triplets (a, p, n): anchors index the queries, positives and negatives the references
+        anchors, positives, negatives = tuples
         d_ap = row_distances(queries[anchors], ref[positives], squared=True)
         d_an = row_distances(queries[anchors], ref[negatives], squared=True)
-        return torch.relu(d_ap - d_an + self.hp.margin).mean()
+        return torch.relu(d_ap - d_an + self.margin).mean()

@@ -16,23 +16,33 @@ paper, the gradient flows through the anchors only); with a miner, mining runs o
 [batch ; memory] and keeps the tuples anchored in the batch.
 
 The wrapped criterion must implement ``cross_loss(queries, q_labels, ref, ref_labels)`` (the
-pair-, triplet-, N-pair- and lifted-type criteria do; ``supports_xbm = True``). The memory is
-registered as buffers, so it is saved in and restored from checkpoints. Cost: mining on B + M rows.
+pair-, triplet-, N-pair- and lifted-type criteria do; ``supports_xbm = True``). The wrapper is a
+loss wrapper, not a loss: the wrapped criterion (and its miner) stay reachable as
+``xbm.criterion``. The memory is registered as buffers, so it is saved in and restored from
+checkpoints. Cost: mining on B + M rows.
 """
 
 from __future__ import annotations
+
+from typing import Annotated
 
 import torch
 from torch import nn
 
 
 class CrossBatchMemory(nn.Module):
-    """Wraps a criterion with a FIFO memory of past embeddings (Wang et al. 2020)."""
+    """Cross-batch memory (Wang et al. 2020): wraps a pair- or tuple-based loss with a FIFO memory."""
 
     name = "xbm"
 
     def __init__(
-        self, criterion: nn.Module, size: int, embed_dim: int, weight: float = 1.0, start_iteration: int = 0
+        self,
+        *,
+        criterion: nn.Module,
+        embed_dim: int,
+        size: Annotated[int, "cross-batch memory size M (0 = off)"] = 0,
+        weight: Annotated[float, "weight of the memory term"] = 1.0,
+        start_iteration: Annotated[int, "training steps before the memory is used"] = 0,
     ) -> None:
         super().__init__()
         if not getattr(criterion, "supports_xbm", False):
@@ -43,23 +53,14 @@ class CrossBatchMemory(nn.Module):
             raise ValueError(f"the cross-batch memory size must be positive, got {size}")
         self.criterion = criterion
         self.size, self.weight, self.start_iteration = int(size), float(weight), int(start_iteration)
-        self.requires_miner = criterion.requires_miner
-        self.tuple_kind = criterion.tuple_kind
         self.register_buffer("memory", torch.zeros(self.size, embed_dim))
         self.register_buffer("memory_labels", torch.full((self.size,), -1, dtype=torch.long))
         self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
 
-    @property
-    def hp(self):
-        return self.criterion.hp
-
-    @property
-    def batchminer(self):
-        return getattr(self.criterion, "batchminer", None)
-
     def param_groups(self) -> list[dict]:
+        """The wrapped criterion's optimizer groups (the memory has no learnable parameter)."""
         return self.criterion.param_groups() if hasattr(self.criterion, "param_groups") else []
 
     def forward(self, batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

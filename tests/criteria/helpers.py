@@ -37,6 +37,19 @@ class AllTriplets:
         return a, p, n
 
 
+class AllPairs:
+    """Every positive pair (a1, p), y_a1 = y_p, a1 ≠ p, and every negative pair (a2, n), y_a2 ≠ y_n."""
+
+    name, tuple_kind = "all_pairs", "pairs"
+
+    def __call__(self, batch, labels):
+        same = labels[:, None] == labels[None, :]
+        eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+        a1, p = torch.nonzero(same & ~eye, as_tuple=True)
+        a2, n = torch.nonzero(~same, as_tuple=True)
+        return a1, p, a2, n
+
+
 class AllNpair:
     """Each anchor with a positive; its positive is the next sample of its class (cyclically);
     negatives: every other-class sample of the reference set."""
@@ -67,7 +80,7 @@ class AllLifted:
         return anchors, pos[anchors], ~same[anchors]
 
 
-STUB_MINERS = {"triplets": AllTriplets, "npair": AllNpair, "lifted": AllLifted}
+STUB_MINERS = {"triplets": AllTriplets, "pairs": AllPairs, "npair": AllNpair, "lifted": AllLifted}
 
 
 def random_batch(

@@ -331,7 +331,7 @@ def test_elasticface_margin_distribution():
     loss.eval()
     assert torch.equal(loss.sample_margins(4, like), torch.full((4,), 0.5, dtype=torch.float64))
     with pytest.raises(ValueError, match="'arc' or 'cos'"):
-        ElasticFaceLoss(form="tan")
+        ElasticFaceLoss(n_classes=2, embed_dim=2, form="tan")
 
 
 # ---- adaface ------------------------------------------------------------------------------------

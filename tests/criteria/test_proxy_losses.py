@@ -53,7 +53,7 @@ def _proxynca_ref(x, labels, proxies, scale):
 
 def test_proxynca_matches_loop_and_pml():
     x, labels = _batch(31)
-    loss = ProxyNCALoss(n_classes=C, embed_dim=D, scale=3.0).double()
+    loss = ProxyNCALoss(n_classes=C, embed_dim=D, lr=1e-5, scale=3.0).double()
     params = [x, loss.proxies]
     assert_same_loss_and_grads(
         lambda: loss(x, labels), lambda: _proxynca_ref(x, labels, loss.proxies, 3.0), params
@@ -96,7 +96,7 @@ def _proxyanchor_ref(x, labels, proxies, alpha, delta):
 
 def test_proxyanchor_matches_loop_and_pml():
     x, labels = _batch(33)
-    loss = ProxyAnchorLoss(n_classes=C, embed_dim=D, alpha=32.0, margin=0.1).double()
+    loss = ProxyAnchorLoss(n_classes=C, embed_dim=D, lr=1e-5, alpha=32.0, margin=0.1).double()
     params = [x, loss.proxies]
     assert_same_loss_and_grads(
         lambda: loss(x, labels), lambda: _proxyanchor_ref(x, labels, loss.proxies, 32.0, 0.1), params
@@ -163,7 +163,7 @@ def _softtriple_ref(x, labels, centroids, C, K, la, gamma, delta, tau):
 def test_softtriplet_matches_loop(K):
     x, labels = _batch(35)
     loss = SoftTripleLoss(
-        n_classes=C, embed_dim=D, n_centroids=K, la=8.0, gamma=0.1, margin_delta=0.01, reg_weight=0.2
+        n_classes=C, embed_dim=D, lr=1e-5, n_centroids=K, la=8.0, gamma=0.1, margin_delta=0.01, reg_weight=0.2
     ).double()
     ref = lambda: _softtriple_ref(x, labels, loss.centroids, C, K, 8.0, 0.1, 0.01, 0.2)  # noqa: E731
     assert_same_loss_and_grads(lambda: loss(x, labels), ref, [x, loss.centroids])
@@ -173,7 +173,14 @@ def test_softtriplet_classification_term_matches_pml():
     x, labels = _batch(36)
     K = 4
     loss = SoftTripleLoss(
-        n_classes=C, embed_dim=D, n_centroids=K, la=20.0, gamma=0.1, margin_delta=0.01, reg_weight=0.0
+        n_classes=C,
+        embed_dim=D,
+        lr=1e-5,
+        n_centroids=K,
+        la=20.0,
+        gamma=0.1,
+        margin_delta=0.01,
+        reg_weight=0.0,
     ).double()
     pml = losses.SoftTripleLoss(
         num_classes=C, embedding_size=D, centers_per_class=K, la=20, gamma=0.1, margin=0.01
@@ -193,17 +200,17 @@ def test_softtriplet_reads_lrmulti_and_reference_defaults():
     loss = SoftTripleLoss(n_classes=3, embed_dim=4, lr=1e-4, lrmulti=10.0)
     (group,) = loss.param_groups()
     assert group["lr"] == pytest.approx(1e-3) and group["weight_decay"] == 0.0
-    hp = SoftTripleLoss.Hparams()
+    hp = SoftTripleLoss(n_classes=3, embed_dim=4, lr=1e-5)  # the flag defaults
     assert (hp.n_centroids, hp.margin_delta, hp.gamma, hp.la, hp.reg_weight) == (2, 0.01, 0.1, 8.0, 0.2)
 
 
 @pytest.mark.parametrize(
     "make",
     [
-        lambda n: ProxyNCALoss(n_classes=n, embed_dim=D),
-        lambda n: ProxyAnchorLoss(n_classes=n, embed_dim=D),
+        lambda n: ProxyNCALoss(n_classes=n, embed_dim=D, lr=1e-5),
+        lambda n: ProxyAnchorLoss(n_classes=n, embed_dim=D, lr=1e-5),
         lambda n: SoftmaxLoss(n_classes=n, embed_dim=D),
-        lambda n: SoftTripleLoss(n_classes=n, embed_dim=D),
+        lambda n: SoftTripleLoss(n_classes=n, embed_dim=D, lr=1e-5),
     ],
     ids=["proxynca", "proxyanchor", "softmax", "softtriplet"],
 )

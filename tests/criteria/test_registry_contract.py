@@ -1,15 +1,15 @@
 """The criteria contract, for every registered loss (parametrised over criteria.REGISTRY.names()).
 
-Built from the default namespace (as main.py does), each loss must give a finite scalar and finite
-gradients in float32 and float64 on CPU, also for unnormalised input; expose well-formed
-optimizer groups for its learnable parameters; survive a state_dict round trip; and the
-registry must refuse incompatible miners with a clear error.
+Built from the default flags of the criteria registries (as main.py does), each loss must give a
+finite scalar and finite gradients in float32 and float64 on CPU, also for unnormalised input;
+expose well-formed optimizer groups for its learnable parameters; survive a state_dict round
+trip; and both the registry and the constructor must refuse incompatible miners with a clear
+error.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 import pytest
 import torch
@@ -17,12 +17,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 import criteria
-import parameters
 from criteria._common import LIFTED, NPAIR, PAIRS, TRIPLETS
 from criteria.xbm import CrossBatchMemory
 from tests.conftest import requires_cuda
 from tests.criteria.helpers import STUB_MINERS, FixedMiner
 from utilities.errors import ConfigError
+from utilities.training import build_optimizer
 
 NAMES = criteria.REGISTRY.names()
 EXPECTED = {  # the issue's list: the study's 14, the 12 beyond it (fastap as the AP surrogate)
@@ -33,17 +33,32 @@ EXPECTED = {  # the issue's list: the study's 14, the 12 beyond it (fastap as th
 }  # fmt: skip
 
 
+CONTEXT = {"n_classes", "embed_dim", "lr", "batchminer"}  # what select() can hand to a loss
+
+
+def parse(args: list[str]) -> argparse.Namespace:
+    """The loss and loss-wrapper flags, parsed as main.py's parser would parse them."""
+    parser = argparse.ArgumentParser()
+    criteria.REGISTRY.add_args(parser)
+    criteria.WRAPPERS.add_args(parser)
+    return parser.parse_args(args)
+
+
 @pytest.fixture
-def opt(default_opt) -> argparse.Namespace:
-    default_opt.n_classes = 10
-    default_opt.embed_dim = 16
-    return default_opt
+def opt() -> argparse.Namespace:
+    """Default loss flags plus the global flags select() and build_optimizer read (their defaults);
+    ``n_classes`` is kept on the namespace for the tests' ``build``."""
+    namespace = parse([])
+    namespace.embed_dim, namespace.lr, namespace.n_classes = 16, 1e-5, 10
+    namespace.decay, namespace.optim, namespace.fc_lr = 4e-4, "adam", -1.0
+    return namespace
 
 
-def build(name: str, opt: argparse.Namespace):
+def build(name: str, opt: argparse.Namespace, batchminer=None):
     cls = criteria.REGISTRY.get(name)
-    miner = STUB_MINERS[cls.tuple_kind]() if cls.requires_miner else None
-    return criteria.select(name, opt, miner)
+    if batchminer is None and cls.requires_miner:
+        batchminer = STUB_MINERS[cls.tuple_kinds[0]]()
+    return criteria.select(name, opt, n_classes=opt.n_classes, batchminer=batchminer)
 
 
 def batch(dtype=torch.float32, scale: float = 1.0, seed: int = 0):
@@ -61,24 +76,24 @@ def test_every_issue_criterion_is_registered():
 def test_declares_the_contract(name):
     cls = criteria.REGISTRY.get(name)
     assert cls.name == name and isinstance(cls.requires_miner, bool)
-    assert cls.tuple_kind in (None, TRIPLETS, PAIRS, NPAIR, LIFTED)
-    assert cls.requires_miner == (cls.tuple_kind is not None)
+    assert isinstance(cls.tuple_kinds, tuple) and set(cls.tuple_kinds) <= {TRIPLETS, PAIRS, NPAIR, LIFTED}
+    assert cls.requires_miner == (len(cls.tuple_kinds) > 0)
+    assert isinstance(cls.supports_xbm, bool) and not hasattr(cls, "tuple_kind")
     assert cls.__doc__ and cls.__doc__.strip()
     module_doc = __import__(cls.__module__, fromlist=["_"]).__doc__
     assert "http" in module_doc, "the module docstring cites the paper"
-    for field in dataclasses.fields(cls.Hparams):
-        assert field.default is not dataclasses.MISSING
-        if "global" in field.metadata:
-            continue
-        assert field.metadata.get("help"), f"{name}.{field.name} has no help"
-        flag = field.metadata.get("flag", f"loss_{name}_{field.name}")
-        assert f"--{flag}" in module_doc, f"the docstring of '{name}' does not document --{flag}"
-    # constructible from plain keyword arguments, without a namespace
-    miner = STUB_MINERS[cls.tuple_kind]() if cls.requires_miner else None
-    plain = cls(
-        batchminer=miner, **({"n_classes": 4} if "n_classes" in cls.Hparams.__dataclass_fields__ else {})
-    )
-    assert isinstance(plain, torch.nn.Module)
+    context = criteria.REGISTRY.context(name)
+    assert set(context) <= CONTEXT and ("batchminer" in context) == cls.requires_miner
+    for hp in criteria.REGISTRY.hyperparameters(name):
+        assert hp.help, f"{name}.{hp.param} has no help"
+        assert f"--{hp.flag}" in module_doc, f"the docstring of '{name}' does not document --{hp.flag}"
+    # constructible from plain keyword arguments, without a namespace; hyperparameters are attributes
+    values = {"n_classes": 4, "embed_dim": 8, "lr": 1e-3}
+    values["batchminer"] = STUB_MINERS[cls.tuple_kinds[0]]() if cls.requires_miner else None
+    plain = cls(**{k: values[k] for k in context})
+    assert isinstance(plain, torch.nn.Module) and not hasattr(plain, "hp")
+    for hp in criteria.REGISTRY.hyperparameters(name):
+        assert hasattr(plain, hp.param), f"{name} does not keep its hyperparameter {hp.param}"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
@@ -125,13 +140,15 @@ def test_param_groups_and_state_dict_round_trip(name, opt):
     assert torch.equal(criterion(x, labels), restored(x, labels))
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if criteria.REGISTRY.get(n).requires_miner])
-def test_nothing_mined_is_a_differentiable_zero(name, opt):
-    cls = criteria.REGISTRY.get(name)
+MINED = [(n, k) for n in NAMES for k in criteria.REGISTRY.get(n).tuple_kinds]
+
+
+@pytest.mark.parametrize("name,kind", MINED, ids=[f"{n}-{k}" for n, k in MINED])
+def test_nothing_mined_is_a_differentiable_zero(name, kind, opt):
     e = torch.empty(0, dtype=torch.long)
     rows = torch.zeros(0, 20, dtype=torch.bool)
-    empty = {TRIPLETS: (e, e, e), NPAIR: (e, e, rows), LIFTED: (e, rows, rows)}[cls.tuple_kind]
-    criterion = criteria.select(name, opt, FixedMiner(cls.tuple_kind, empty))
+    empty = {TRIPLETS: (e, e, e), PAIRS: (e, e, e, e), NPAIR: (e, e, rows), LIFTED: (e, rows, rows)}[kind]
+    criterion = build(name, opt, FixedMiner(kind, empty))
     x, labels = batch()
     value = criterion(x, labels)
     assert value.item() == 0.0 and value.requires_grad
@@ -144,17 +161,33 @@ def test_registry_checks_the_tuple_kind(name, opt):
     cls = criteria.REGISTRY.get(name)
     assert criteria.requires_miner(name) == cls.requires_miner
     if not cls.requires_miner:
-        assert criteria.select(name, opt) is not None  # never needs (or builds) a miner
+        assert criteria.select(name, opt, n_classes=opt.n_classes) is not None  # never needs a miner
         return
     with pytest.raises(ConfigError, match=f"loss '{name}' needs a batch miner"):
-        criteria.select(name, opt, None)
-    other = next(k for k in (TRIPLETS, NPAIR, LIFTED) if k != cls.tuple_kind)
-    with pytest.raises(ConfigError, match=f"consumes {cls.tuple_kind}, but miner 'fixed' produces {other}"):
-        criteria.select(name, opt, FixedMiner(other, ()))
+        criteria.select(name, opt, n_classes=opt.n_classes, batchminer=None)
+    other = next(k for k in (TRIPLETS, NPAIR, LIFTED) if k not in cls.tuple_kinds)
+    consumes = " or ".join(cls.tuple_kinds)
+    with pytest.raises(ConfigError, match=f"consumes {consumes}, but miner 'fixed' produces {other}"):
+        criteria.select(name, opt, n_classes=opt.n_classes, batchminer=FixedMiner(other, ()))
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if criteria.REGISTRY.get(n).requires_miner])
+def test_constructor_checks_the_miner(name):
+    """Built by hand, a loss refuses a missing or incompatible miner at once (not at the first forward)."""
+    cls = criteria.REGISTRY.get(name)
+    context = {"n_classes": 4, "embed_dim": 8, "lr": 1e-3}
+    context = {k: v for k, v in context.items() if k in criteria.REGISTRY.context(name)}
+    with pytest.raises(ValueError, match=f"loss '{name}' needs a batch miner"):
+        cls(batchminer=None, **context)
+    other = next(k for k in (TRIPLETS, NPAIR, LIFTED) if k not in cls.tuple_kinds)
+    with pytest.raises(ValueError, match=f"loss '{name}' consumes .*, but miner 'fixed' produces {other}"):
+        cls(batchminer=FixedMiner(other, ()), **context)
+    for kind in cls.tuple_kinds:
+        assert cls(batchminer=STUB_MINERS[kind](), **context).batchminer.tuple_kind == kind
 
 
 def test_reference_flag_names_and_defaults():
-    opt = parameters.parse(["--dataset", "digits"])
+    opt = parse([])
     expected = {
         "loss_proxynca_lrmulti": 50.0, "loss_npair_l2": 0.005, "loss_angular_alpha": 45.0,
         "loss_angular_npair_ang_weight": 2.0, "loss_angular_npair_l2": 0.005, "loss_lifted_neg_margin": 1.0,
@@ -168,7 +201,7 @@ def test_reference_flag_names_and_defaults():
     }  # fmt: skip
     for flag, value in expected.items():
         assert getattr(opt, flag) == value, flag
-    opt = parameters.parse(["--dataset", "digits", "--loss_softtriplet_lambda", "20", "--xbm_size", "64"])
+    opt = parse(["--loss_softtriplet_lambda", "20", "--xbm_size", "64"])
     assert opt.loss_softtriplet_lambda == 20.0 and opt.xbm_size == 64
 
 
@@ -177,7 +210,9 @@ def test_xbm_flag_wraps_supported_losses_and_refuses_others(opt):
     wrapped = build("multisimilarity", opt)
     assert isinstance(wrapped, CrossBatchMemory) and wrapped.memory.shape == (32, 16)
     mined = build("margin", opt)
-    assert isinstance(mined, CrossBatchMemory) and mined.requires_miner and mined.tuple_kind == TRIPLETS
+    assert isinstance(mined, CrossBatchMemory)
+    assert mined.criterion.requires_miner and mined.criterion.tuple_kinds == (TRIPLETS,)
+    assert not any(hasattr(mined, a) for a in ("hp", "batchminer", "requires_miner", "tuple_kind"))
     assert [g["name"] for g in mined.param_groups()] == ["margin_beta"]
     with pytest.raises(ConfigError, match="--xbm_size needs a pair- or tuple-based loss; 'arcface'"):
         build("arcface", opt)
@@ -186,8 +221,6 @@ def test_xbm_flag_wraps_supported_losses_and_refuses_others(opt):
 @pytest.mark.parametrize("name,xbm", [("proxyanchor", 0), ("softtriplet", 0), ("margin", 0), ("margin", 16)])
 def test_optimizer_groups_and_checkpoint_file_round_trip(name, xbm, opt, tmp_path):
     """The path main.py takes: build_optimizer adds the loss's groups; the checkpoint holds them."""
-    from utilities.training import build_optimizer
-
     opt.xbm_size = xbm
     model = torch.nn.Linear(16, 16)
     criterion = build(name, opt)
@@ -247,7 +280,7 @@ class _LargestTensor(TorchDispatchMode):
         return out
 
 
-CLASS_LOSSES = [n for n in NAMES if "n_classes" in criteria.REGISTRY.get(n).Hparams.__dataclass_fields__]
+CLASS_LOSSES = [n for n in NAMES if "n_classes" in criteria.REGISTRY.context(n)]
 
 
 @pytest.mark.parametrize("name", CLASS_LOSSES)

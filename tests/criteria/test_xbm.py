@@ -18,7 +18,7 @@ from tests.criteria.helpers import AllLifted, AllNpair, AllTriplets, assert_same
 
 
 def test_fifo_queue_wraps_around():
-    xbm = CrossBatchMemory(MultiSimilarityLoss(), size=5, embed_dim=2)
+    xbm = CrossBatchMemory(criterion=MultiSimilarityLoss(), size=5, embed_dim=2)
     for step in range(3):
         x = torch.full((3, 2), float(step)) + torch.arange(3.0)[:, None] / 10
         xbm.enqueue(x, torch.tensor([step] * 3))
@@ -48,7 +48,7 @@ def test_triplet_memory_term_matches_loop():
     x1, y1 = random_batch(n_classes=3, per_class=2, seed=51)
     x2, y2 = random_batch(n_classes=3, per_class=2, seed=52)
     inner = TripletLoss(batchminer=AllTriplets(), margin=0.2)
-    xbm = CrossBatchMemory(inner, size=16, embed_dim=x1.shape[1], weight=0.5).double()
+    xbm = CrossBatchMemory(criterion=inner, size=16, embed_dim=x1.shape[1], weight=0.5).double()
     first = xbm(x1, y1)  # empty memory: just the in-batch loss
     torch.testing.assert_close(first, _triplet_ref(x1, x1, y1, len(x1), 0.2))
     assert int(xbm.filled) == 6
@@ -65,7 +65,7 @@ def test_triplet_memory_term_matches_loop():
 def test_start_iteration_and_eval_mode():
     x, y = random_batch(seed=55)
     inner = MultiSimilarityLoss()
-    xbm = CrossBatchMemory(inner, size=64, embed_dim=x.shape[1], start_iteration=2).double()
+    xbm = CrossBatchMemory(criterion=inner, size=64, embed_dim=x.shape[1], start_iteration=2).double()
     assert torch.equal(xbm(x, y), inner(x, y))  # step 0: memory empty
     assert torch.equal(xbm(x, y), inner(x, y))  # step 1: memory filled but not yet in use
     assert not torch.equal(xbm(x, y), inner(x, y))  # step 2: memory term added
@@ -109,13 +109,13 @@ def test_multisimilarity_cross_loss_matches_loop():
     ids=["npair", "lifted", "circle", "triplet"],
 )
 def test_supported_losses_run_with_memory_and_round_trip(make):
-    xbm = CrossBatchMemory(make(), size=10, embed_dim=8)
+    xbm = CrossBatchMemory(criterion=make(), size=10, embed_dim=8)
     for seed in range(3):
         x, y = random_batch(seed=seed, dtype=torch.float32)
         value = xbm(x, y)
         value.backward()
         assert torch.isfinite(value) and torch.isfinite(x.grad).all()
-    restored = CrossBatchMemory(make(), size=10, embed_dim=8)
+    restored = CrossBatchMemory(criterion=make(), size=10, embed_dim=8)
     restored.load_state_dict(xbm.state_dict())
     assert torch.equal(restored.memory, xbm.memory) and int(restored.iteration) == 3
     xbm.eval(), restored.eval()
@@ -127,6 +127,6 @@ def test_unsupported_loss_is_refused():
     from criteria.arcface import ArcFaceLoss
 
     with pytest.raises(ValueError, match="does not support a cross-batch memory"):
-        CrossBatchMemory(ArcFaceLoss(n_classes=3, embed_dim=4), size=4, embed_dim=4)
+        CrossBatchMemory(criterion=ArcFaceLoss(n_classes=3, embed_dim=4), size=4, embed_dim=4)
     with pytest.raises(ValueError, match="must be positive"):
-        CrossBatchMemory(MultiSimilarityLoss(), size=0, embed_dim=4)
+        CrossBatchMemory(criterion=MultiSimilarityLoss(), size=0, embed_dim=4)
