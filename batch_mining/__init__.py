@@ -1,11 +1,15 @@
 """Batch miners: one file per miner, plus this registry.
 
-``miner = select(name, opt)``; ``miner(batch, labels)`` runs without grad on the batch's device and
-returns index tensors of the miner's ``tuple_kind`` (the kinds are defined in
-``criteria/_common.py``: triplets, pairs, npair, lifted; see ``batch_mining/base.py``).
+``miner = select(name, opt)`` builds an ``nn.Module``; ``miner(batch, labels)`` runs without grad
+on the batch's device and returns index tensors of the miner's ``tuple_kind`` (the kinds are
+defined in ``criteria/_common.py``: triplets, pairs, npair, lifted; see ``batch_mining/base.py``).
+A criterion that holds the miner as a submodule carries the miner's generator states in its own
+``state_dict()``.
 """
 
 from __future__ import annotations
+
+import argparse
 
 from batch_mining import (
     batchhard,
@@ -22,7 +26,7 @@ from batch_mining import (
     softhard,
 )
 from batch_mining.base import BatchMiner
-from utilities.registry import Registry, make_selector
+from utilities.registry import Registry
 
 REGISTRY = Registry("batch miner", flag_prefix="miner")
 for _cls in (
@@ -41,4 +45,7 @@ for _cls in (
 ):
     REGISTRY.add(_cls)
 
-select = make_selector(REGISTRY)
+
+def select(name: str, opt: argparse.Namespace) -> BatchMiner:
+    """Build miner ``name``: hyperparameters from ``opt``, seeded with ``opt.seed``."""
+    return REGISTRY.build(name, opt, seed=opt.seed)

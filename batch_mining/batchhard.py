@@ -13,29 +13,21 @@ One triplet per anchor; ties go to the lowest index. Deterministic. (Not in the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
-from batch_mining.base import BatchMiner, label_masks, pairwise_distances
-
-
-@dataclass
-class BatchHardHparams:
-    seed: int = field(default=0, metadata={"global": "seed"})
+from batch_mining.base import BatchMiner, anchors_with_pos_and_neg
+from criteria._common import TRIPLETS, pairwise_distances
 
 
 class BatchHardMiner(BatchMiner):
     """Hardest positive and hardest negative per anchor (Hermans et al. 2017)."""
 
     name = "batchhard"
-    tuple_kind = "triplets"
-    Hparams = BatchHardHparams
+    tuple_kind = TRIPLETS
 
     def mine(self, batch: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         d2 = pairwise_distances(batch, squared=True)  # same argmax/argmin as plain distances
-        pos, neg = label_masks(labels)
-        anchors = torch.nonzero(pos.any(1) & neg.any(1)).squeeze(1)
+        anchors, pos, neg = anchors_with_pos_and_neg(labels)
         d = d2[anchors]
         positives = d.masked_fill(~pos[anchors], float("-inf")).argmax(1)
         negatives = d.masked_fill(~neg[anchors], float("inf")).argmin(1)

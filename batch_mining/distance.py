@@ -10,8 +10,8 @@ sampled distances evenly instead of concentrating them around √2:
     log w(a, n) = (2 − n) log d − ((n − 3)/2) log(1 − d²/4),   d = clip(d(a, n), λ_low, 2 − 1e-4)
 
 with n = embedding dimension, λ_low = ``--miner_distance_lower_cutoff`` (0.5), and w = 0 for
-negatives at distance ≥ ``--miner_distance_upper_cutoff`` (1.4; the paper's "nonzero loss
-cutoff": beyond β + α they carry no margin-loss gradient). If every negative of an anchor lies
+negatives at distance ≥ ``--miner_distance_upper_cutoff`` (1.4), the paper's "nonzero loss
+cutoff": beyond β + α they carry no margin-loss gradient. If every negative of an anchor lies
 beyond the cut-off, its negative is drawn uniformly among all its negatives. Every sample with at
 least one positive and one negative in the batch is an anchor; its positive is uniform among the
 other samples of its class. One triplet per anchor.
@@ -26,27 +26,24 @@ Gumbel-max trick (an exact categorical draw) on the batch's device instead of B 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
 
 from batch_mining.base import (
     BatchMiner,
+    anchors_with_pos_and_neg,
     check_normalized,
-    label_masks,
-    pairwise_distances,
     sample_logits,
     sample_uniform,
 )
+from criteria._common import TRIPLETS, pairwise_distances, same_label_masks
 
-
-@dataclass
-class DistanceHparams:
-    lower_cutoff: float = field(default=0.5, metadata={"help": "distances are clipped below at λ_low"})
-    upper_cutoff: float = field(
-        default=1.4, metadata={"help": "negatives at this distance or farther get weight 0"}
-    )
-    seed: int = field(default=0, metadata={"global": "seed"})
+# the cut-offs' help texts and types, shared with the other distance-weighted miners
+LOWER_CUTOFF_HELP = "distances are clipped below at λ_low"
+UPPER_CUTOFF_HELP = "negatives at this distance or farther get weight 0"
+LowerCutoff = Annotated[float, LOWER_CUTOFF_HELP]
+UpperCutoff = Annotated[float, UPPER_CUTOFF_HELP]
 
 
 def inverse_density_log_weights(dist: torch.Tensor, dim: int, lower_cutoff: float) -> torch.Tensor:
@@ -82,21 +79,26 @@ class DistanceMiner(BatchMiner):
     """Distance-weighted negatives (Wu et al. 2017), one triplet per anchor."""
 
     name = "distance"
-    tuple_kind = "triplets"
-    Hparams = DistanceHparams
+    tuple_kind = TRIPLETS
+
+    def __init__(
+        self, *, seed: int, lower_cutoff: LowerCutoff = 0.5, upper_cutoff: UpperCutoff = 1.4
+    ) -> None:
+        super().__init__(seed=seed)
+        self.lower_cutoff = lower_cutoff
+        self.upper_cutoff = upper_cutoff
 
     def negative_probabilities(self, batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """(B, B) sampling probabilities of each negative for each anchor (rows sum to 1 or 0)."""
         check_normalized(batch, self.name)
-        _, neg = label_masks(labels)
-        return negative_probabilities(batch, neg, self.hp.lower_cutoff, self.hp.upper_cutoff)
+        _, neg = same_label_masks(labels)
+        return negative_probabilities(batch, neg, self.lower_cutoff, self.upper_cutoff)
 
     def mine(self, batch: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         gen = self.generator(batch.device)
-        pos, neg = label_masks(labels)
+        anchors, pos, neg = anchors_with_pos_and_neg(labels)
         check_normalized(batch, self.name)
-        logits = negative_logits(batch, neg, self.hp.lower_cutoff, self.hp.upper_cutoff)
-        anchors = torch.nonzero(pos.any(1) & neg.any(1)).squeeze(1)
+        logits = negative_logits(batch, neg, self.lower_cutoff, self.upper_cutoff)
         positives = sample_uniform(pos[anchors], gen)
         negatives = sample_logits(logits[anchors], gen)
         return anchors, positives, negatives

@@ -13,24 +13,17 @@ vectorised (O(B): classes sorted once, then offsets drawn inside the drawn class
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
 from batch_mining.base import BatchMiner
-
-
-@dataclass
-class IntraRandomHparams:
-    seed: int = field(default=0, metadata={"global": "seed"})
+from criteria._common import TRIPLETS
 
 
 class IntraRandomMiner(BatchMiner):
     """B triplets whose three members all come from one random class of the batch."""
 
     name = "intra_random"
-    tuple_kind = "triplets"
-    Hparams = IntraRandomHparams
+    tuple_kind = TRIPLETS
 
     def mine(self, batch: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         gen = self.generator(batch.device)

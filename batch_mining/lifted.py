@@ -13,26 +13,18 @@ Deviations from the reference implementation: masks instead of ragged per-anchor
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
-from batch_mining.base import BatchMiner, label_masks
-
-
-@dataclass
-class LiftedHparams:
-    seed: int = field(default=0, metadata={"global": "seed"})
+from batch_mining.base import BatchMiner, anchors_with_pos_and_neg
+from criteria._common import LIFTED
 
 
 class LiftedMiner(BatchMiner):
     """All positives and negatives per anchor, as boolean masks."""
 
     name = "lifted"
-    tuple_kind = "lifted"
-    Hparams = LiftedHparams
+    tuple_kind = LIFTED
 
     def mine(self, batch: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        pos, neg = label_masks(labels)
-        anchors = torch.nonzero(pos.any(1) & neg.any(1)).squeeze(1)
+        anchors, pos, neg = anchors_with_pos_and_neg(labels)
         return anchors, pos[anchors], neg[anchors]

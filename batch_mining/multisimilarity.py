@@ -17,35 +17,35 @@ multisimilarity loss mines internally.)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 
-from batch_mining.base import BatchMiner, label_masks
-
-
-@dataclass
-class MultisimilarityHparams:
-    epsilon: float = field(default=0.1, metadata={"help": "similarity margin ε of the pair selection"})
-    seed: int = field(default=0, metadata={"global": "seed"})
+from batch_mining.base import BatchMiner
+from criteria._common import PAIRS, same_label_masks
 
 
 class MultisimilarityMiner(BatchMiner):
     """Informative positive and negative pairs (Wang et al. 2019)."""
 
     name = "multisimilarity"
-    tuple_kind = "pairs"
-    Hparams = MultisimilarityHparams
+    tuple_kind = PAIRS
+
+    def __init__(
+        self, *, seed: int, epsilon: Annotated[float, "similarity margin ε of the pair selection"] = 0.1
+    ) -> None:
+        super().__init__(seed=seed)
+        self.epsilon = epsilon
 
     def mine(self, batch: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = F.normalize(batch.float(), dim=1)
         sim = x @ x.T
-        pos, neg = label_masks(labels)
+        pos, neg = same_label_masks(labels)
         min_pos = sim.masked_fill(~pos, float("inf")).amin(1, keepdim=True)
         max_neg = sim.masked_fill(~neg, float("-inf")).amax(1, keepdim=True)
-        keep_neg = neg & (sim > min_pos - self.hp.epsilon)
-        keep_pos = pos & (sim < max_neg + self.hp.epsilon)
+        keep_neg = neg & (sim > min_pos - self.epsilon)
+        keep_pos = pos & (sim < max_neg + self.epsilon)
         a1, p = keep_pos.nonzero(as_tuple=True)
         a2, n = keep_neg.nonzero(as_tuple=True)
         return a1, p, a2, n

@@ -8,7 +8,7 @@ Returns ``(anchors (A,), positives (A,), neg_mask (A, B) bool)``. Two constructi
 * default (the reference study's): every sample with at least one other sample of its class and at
   least one sample of another class is an anchor; its positive is uniform among the other samples
   of its class; its negatives are *all* samples of other classes;
-* ``--miner_npair_one_per_class`` (the paper's multi-class N-pair batch): one random (anchor,
+* with ``--miner_npair_one_per_class``, the paper's multi-class N-pair batch: one random (anchor,
   positive) pair per class that has two or more samples; the negatives of an anchor are the
   positives of the *other* classes' pairs (one negative per class).
 
@@ -20,20 +20,12 @@ construction is available behind a flag.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
 
-from batch_mining.base import BatchMiner, label_masks, sample_uniform
-
-
-@dataclass
-class NpairHparams:
-    one_per_class: bool = field(
-        default=False,
-        metadata={"help": "one (anchor, positive) pair per class, negatives = other pairs' positives"},
-    )
-    seed: int = field(default=0, metadata={"global": "seed"})
+from batch_mining.base import BatchMiner, anchors_with_pos_and_neg, sample_uniform
+from criteria._common import NPAIR
 
 
 def one_pair_per_class(labels: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,19 +45,28 @@ class NpairMiner(BatchMiner):
     """(anchor, positive, negative set) tuples for N-pair-style losses."""
 
     name = "npair"
-    tuple_kind = "npair"
-    Hparams = NpairHparams
+    tuple_kind = NPAIR
+
+    def __init__(
+        self,
+        *,
+        seed: int,
+        one_per_class: Annotated[
+            bool, "one (anchor, positive) pair per class, negatives = other pairs' positives"
+        ] = False,
+    ) -> None:
+        super().__init__(seed=seed)
+        self.one_per_class = one_per_class
 
     def mine(self, batch: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         gen = self.generator(batch.device)
-        if self.hp.one_per_class:
+        if self.one_per_class:
             anchors, positives = one_pair_per_class(labels, gen)
             neg_mask = torch.zeros(len(anchors), len(labels), dtype=torch.bool, device=batch.device)
             neg_mask[:, positives] = True
             neg_mask &= labels[anchors][:, None] != labels[None, :]
             keep = neg_mask.any(1)
             return anchors[keep], positives[keep], neg_mask[keep]
-        pos, neg = label_masks(labels)
-        anchors = torch.nonzero(pos.any(1) & neg.any(1)).squeeze(1)
+        anchors, pos, neg = anchors_with_pos_and_neg(labels)
         positives = sample_uniform(pos[anchors], gen)
         return anchors, positives, neg[anchors]

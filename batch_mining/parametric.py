@@ -3,7 +3,7 @@
 Roth, Milbich, Ommer. "PADS: Policy-Adapted Sampling for Visual Similarity Learning." CVPR 2020.
 https://arxiv.org/abs/2003.11113
 
-The distance support [lo, hi] = ``--miner_parametric_support_lim`` (0 2) is cut into
+The distance support [lo, hi] = ``--miner_parametric_support_lim`` ([0.0, 2.0]) is cut into
 K = ``--miner_parametric_n_support`` (30) equal bins with a weight w_k per bin. For an anchor a
 with at least one positive and one negative, a negative n is drawn with
 
@@ -30,25 +30,17 @@ weight vector always has K entries; no debugger call; vectorised on the batch's 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any
+import typing
+from typing import Annotated, Literal
 
 import torch
 
-from batch_mining.base import BatchMiner, label_masks, pairwise_distances, sample_rows, sample_uniform
+from batch_mining.base import BatchMiner, anchors_with_pos_and_neg, sample_rows, sample_uniform
+from criteria._common import TRIPLETS, pairwise_distances
 from utilities.errors import ConfigError
 
-MODES = ("uniform", "hards", "semihards", "veryhards")
-
-
-@dataclass
-class ParametricHparams:
-    mode: str = field(default="uniform", metadata={"choices": MODES, "help": "bin weights over the support"})
-    n_support: int = field(default=30, metadata={"help": "number of distance bins K"})
-    support_lim: list[float] = field(
-        default_factory=lambda: [0.0, 2.0], metadata={"nargs": 2, "help": "distance support [lo, hi)"}
-    )
-    seed: int = field(default=0, metadata={"global": "seed"})
+Mode = Literal["uniform", "hards", "semihards", "veryhards"]
+MODES: tuple[str, ...] = typing.get_args(Mode)
 
 
 def mode_weights(mode: str, n_support: int) -> torch.Tensor:
@@ -69,30 +61,39 @@ class ParametricMiner(BatchMiner):
     """Negatives drawn from a distribution over distance bins (PADS-style)."""
 
     name = "parametric"
-    tuple_kind = "triplets"
-    Hparams = ParametricHparams
+    tuple_kind = TRIPLETS
 
-    def __init__(self, **hparams: Any) -> None:
-        super().__init__(**hparams)
-        lo, hi = (float(v) for v in self.hp.support_lim)
-        if self.hp.n_support < 1 or not lo < hi or not (math.isfinite(lo) and math.isfinite(hi)):
+    def __init__(
+        self,
+        *,
+        seed: int,
+        mode: Annotated[Mode, "bin weights over the support"] = "uniform",
+        n_support: Annotated[int, "number of distance bins K"] = 30,
+        support_lim: Annotated[list[float], "distance support [lo, hi)"] = [0.0, 2.0],  # noqa: B006 (never mutated)
+    ) -> None:
+        super().__init__(seed=seed)
+        self.mode, self.n_support, self.support_lim = mode, n_support, list(support_lim)
+        if len(self.support_lim) != 2:
+            raise ConfigError(f"--miner_parametric_support_lim takes two numbers lo hi; got {support_lim}")
+        lo, hi = (float(v) for v in self.support_lim)
+        if n_support < 1 or not lo < hi or not (math.isfinite(lo) and math.isfinite(hi)):
             raise ConfigError(
                 f"--miner_parametric_n_support must be ≥ 1 and --miner_parametric_support_lim an "
-                f"interval lo < hi; got {self.hp.n_support} and {self.hp.support_lim}"
+                f"interval lo < hi; got {n_support} and {support_lim}"
             )
         self.lo, self.hi = lo, hi
-        self.set_distribution(mode_weights(self.hp.mode, self.hp.n_support))
+        self.set_distribution(mode_weights(mode, n_support))
 
     def set_distribution(self, weights: torch.Tensor) -> None:
         """Replace the K bin weights (non-negative, not all zero), e.g. from a PADS policy."""
         weights = torch.as_tensor(weights, dtype=torch.float32).detach().cpu()
-        if weights.shape != (self.hp.n_support,) or (weights < 0).any() or weights.sum() <= 0:
-            raise ValueError(f"need {self.hp.n_support} non-negative bin weights with positive sum")
+        if weights.shape != (self.n_support,) or (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError(f"need {self.n_support} non-negative bin weights with positive sum")
         self.bin_weights = weights
 
     def negative_weights(self, dist: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         """(B, B) unnormalised sampling weights of each negative for each anchor."""
-        k = self.hp.n_support
+        k = self.n_support
         bins = ((dist - self.lo) / (self.hi - self.lo) * k).floor().long()
         outside = (dist < self.lo) | (dist >= self.hi)
         w = self.bin_weights.to(dist.device)[bins.clamp(0, k - 1)]
@@ -101,8 +102,7 @@ class ParametricMiner(BatchMiner):
     def mine(self, batch: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         gen = self.generator(batch.device)
         dist = pairwise_distances(batch.float())
-        pos, neg = label_masks(labels)
-        anchors = torch.nonzero(pos.any(1) & neg.any(1)).squeeze(1)
+        anchors, pos, neg = anchors_with_pos_and_neg(labels)
         w = self.negative_weights(dist[anchors], neg[anchors])
         w = torch.where(w.sum(1, keepdim=True) > 0, w, neg[anchors].float())
         positives = sample_uniform(pos[anchors], gen)

@@ -13,27 +13,20 @@ triplet returns empty tensors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
-from batch_mining.base import BatchMiner, empty_triplets, label_masks, sample_uniform
-
-
-@dataclass
-class RandomHparams:
-    seed: int = field(default=0, metadata={"global": "seed"})
+from batch_mining.base import BatchMiner, empty_triplets, sample_uniform
+from criteria._common import TRIPLETS, same_label_masks
 
 
 class RandomMiner(BatchMiner):
     """B uniformly random valid triplets."""
 
     name = "random"
-    tuple_kind = "triplets"
-    Hparams = RandomHparams
+    tuple_kind = TRIPLETS
 
     def mine(self, batch: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        pos, neg = label_masks(labels)
+        pos, neg = same_label_masks(labels)
         weight = (pos.sum(1) * neg.sum(1)).double()
         if not bool(weight.any()):
             return empty_triplets(batch.device)

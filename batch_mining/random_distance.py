@@ -15,26 +15,29 @@ it inherits the distance miner's fixes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
 
-from batch_mining.distance import DistanceMiner
-
-
-@dataclass
-class RandomDistanceHparams:
-    lower_cutoff: float = field(default=0.5, metadata={"flag": "miner_distance_lower_cutoff"})
-    upper_cutoff: float = field(default=1.4, metadata={"flag": "miner_distance_upper_cutoff"})
-    seed: int = field(default=0, metadata={"global": "seed"})
+from batch_mining.distance import LOWER_CUTOFF_HELP, UPPER_CUTOFF_HELP, DistanceMiner
+from criteria._common import TRIPLETS
+from utilities.registry import Flag
 
 
 class RandomDistanceMiner(DistanceMiner):
     """Distance-weighted triplets mined with a random permutation of the labels (control)."""
 
     name = "random_distance"
-    tuple_kind = "triplets"
-    Hparams = RandomDistanceHparams
+    tuple_kind = TRIPLETS
+
+    def __init__(
+        self,
+        *,
+        seed: int,
+        lower_cutoff: Annotated[float, Flag(LOWER_CUTOFF_HELP, name="miner_distance_lower_cutoff")] = 0.5,
+        upper_cutoff: Annotated[float, Flag(UPPER_CUTOFF_HELP, name="miner_distance_upper_cutoff")] = 1.4,
+    ) -> None:
+        super().__init__(seed=seed, lower_cutoff=lower_cutoff, upper_cutoff=upper_cutoff)
 
     def mine(self, batch: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         perm = torch.randperm(len(labels), generator=self.generator(batch.device), device=batch.device)

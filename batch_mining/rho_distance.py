@@ -25,52 +25,43 @@ are dropped instead of crashing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated
 
 import torch
 
-from batch_mining.base import (
-    BatchMiner,
-    check_normalized,
-    label_masks,
-    sample_logits,
-    sample_uniform,
-)
-from batch_mining.distance import negative_logits
+from batch_mining.base import check_normalized, sample_logits, sample_uniform
+from batch_mining.distance import DistanceMiner, LowerCutoff, UpperCutoff, negative_logits
+from criteria._common import TRIPLETS, same_label_masks
 from utilities.errors import ConfigError
 
 
-@dataclass
-class RhoDistanceHparams:
-    lower_cutoff: float = field(default=0.5, metadata={"help": "distances are clipped below at λ_low"})
-    upper_cutoff: float = field(
-        default=1.4, metadata={"help": "negatives at this distance or farther get weight 0"}
-    )
-    cp: float = field(default=0.2, metadata={"help": "probability of a ρ-flip per anchor"})
-    seed: int = field(default=0, metadata={"global": "seed"})
-
-
-class RhoDistanceMiner(BatchMiner):
+class RhoDistanceMiner(DistanceMiner):
     """Distance-weighted triplets, each flipped to (a, a, positive) with probability cp."""
 
     name = "rho_distance"
-    tuple_kind = "triplets"
-    Hparams = RhoDistanceHparams
+    tuple_kind = TRIPLETS
 
-    def __init__(self, **hparams: Any) -> None:
-        super().__init__(**hparams)
-        if not 0.0 <= self.hp.cp <= 1.0:
-            raise ConfigError(f"--miner_rho_distance_cp must lie in [0, 1], got {self.hp.cp}")
+    def __init__(
+        self,
+        *,
+        seed: int,
+        lower_cutoff: LowerCutoff = 0.5,
+        upper_cutoff: UpperCutoff = 1.4,
+        cp: Annotated[float, "probability of a ρ-flip per anchor"] = 0.2,
+    ) -> None:
+        super().__init__(seed=seed, lower_cutoff=lower_cutoff, upper_cutoff=upper_cutoff)
+        if not 0.0 <= cp <= 1.0:
+            raise ConfigError(f"--miner_rho_distance_cp must lie in [0, 1], got {cp}")
+        self.cp = cp
 
     def mine(self, batch: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         gen = self.generator(batch.device)
         check_normalized(batch, self.name)
-        pos, neg = label_masks(labels)
-        logits = negative_logits(batch, neg, self.hp.lower_cutoff, self.hp.upper_cutoff)
+        pos, neg = same_label_masks(labels)
+        logits = negative_logits(batch, neg, self.lower_cutoff, self.upper_cutoff)
         anchors = torch.nonzero(pos.any(1)).squeeze(1)
         positives = sample_uniform(pos[anchors], gen)
-        flip = torch.rand(len(anchors), generator=gen, device=batch.device) < self.hp.cp
+        flip = torch.rand(len(anchors), generator=gen, device=batch.device) < self.cp
         keep = flip | neg[anchors].any(1)
         anchors, positives, flip = anchors[keep], positives[keep], flip[keep]
         # rows without any negative only occur for flipped anchors; give them dummy mass

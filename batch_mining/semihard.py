@@ -22,36 +22,35 @@ labels may live on the GPU; vectorised.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
 
-from batch_mining.base import BatchMiner, label_masks, pairwise_distances, sample_uniform
-
-
-@dataclass
-class SemihardHparams:
-    margin: float = field(default=0.2, metadata={"help": "semi-hard window m on squared distances"})
-    seed: int = field(default=0, metadata={"global": "seed"})
+from batch_mining.base import BatchMiner, anchors_with_pos_and_neg, sample_uniform
+from criteria._common import TRIPLETS, pairwise_distances
 
 
 class SemihardMiner(BatchMiner):
     """One semi-hard triplet per anchor (FaceNet)."""
 
     name = "semihard"
-    tuple_kind = "triplets"
-    Hparams = SemihardHparams
+    tuple_kind = TRIPLETS
+
+    def __init__(
+        self, *, seed: int, margin: Annotated[float, "semi-hard window m on squared distances"] = 0.2
+    ) -> None:
+        super().__init__(seed=seed)
+        self.margin = margin
 
     def mine(self, batch: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         gen = self.generator(batch.device)
         d2 = pairwise_distances(batch, squared=True)
-        pos, neg = label_masks(labels)
-        anchors = torch.nonzero(pos.any(1) & neg.any(1)).squeeze(1)
+        anchors, pos, neg = anchors_with_pos_and_neg(labels)
         positives = sample_uniform(pos[anchors], gen)
         d_ap = d2[anchors, positives][:, None]
         d_an = d2[anchors]
         neg_a = neg[anchors]
-        semihard = neg_a & (d_an > d_ap) & (d_an < d_ap + self.hp.margin)
+        semihard = neg_a & (d_an > d_ap) & (d_an < d_ap + self.margin)
         has_semihard = semihard.any(1, keepdim=True)
         negatives = sample_uniform(torch.where(has_semihard, semihard, neg_a), gen)
         self.count("semihard_found", has_semihard.sum())

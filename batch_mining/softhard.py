@@ -15,30 +15,22 @@ reference's behaviour is otherwise kept.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
-from batch_mining.base import BatchMiner, label_masks, pairwise_distances, sample_uniform
-
-
-@dataclass
-class SofthardHparams:
-    seed: int = field(default=0, metadata={"global": "seed"})
+from batch_mining.base import BatchMiner, anchors_with_pos_and_neg, sample_uniform
+from criteria._common import TRIPLETS, pairwise_distances
 
 
 class SofthardMiner(BatchMiner):
     """A random hard positive and a random hard negative per anchor."""
 
     name = "softhard"
-    tuple_kind = "triplets"
-    Hparams = SofthardHparams
+    tuple_kind = TRIPLETS
 
     def mine(self, batch: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         gen = self.generator(batch.device)
         dist = pairwise_distances(batch)
-        pos, neg = label_masks(labels)
-        anchors = torch.nonzero(pos.any(1) & neg.any(1)).squeeze(1)
+        anchors, pos, neg = anchors_with_pos_and_neg(labels)
         d, pos_a, neg_a = dist[anchors], pos[anchors], neg[anchors]
         hardest_pos = d.masked_fill(~pos_a, float("-inf")).amax(1, keepdim=True)
         closest_neg = d.masked_fill(~neg_a, float("inf")).amin(1, keepdim=True)

@@ -1,8 +1,9 @@
 """Batch samplers: one file per sampler, plus this registry.
 
 ``sampler = select(name, opt, labels)`` returns a ``torch.utils.data.Sampler`` yielding lists of
-dataset indices (pass it as ``batch_sampler=`` to a DataLoader). Samplers with
-``requires_storage = True`` keep an embedding memory (see ``datasampler/storage.py``).
+dataset indices (pass it as ``batch_sampler=`` to a DataLoader). Every sampler has
+``init_storage(embed_fn)`` and ``update_storage(embeddings, indices)``; they do something only for
+the samplers that keep an embedding memory (see ``datasampler/storage.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from datasampler import (
     greedy_coreset,
     pk,
 )
-from datasampler.base import BatchSampler
+from datasampler.base import BatchSampler, Labels
 from utilities.registry import Registry
 
 REGISTRY = Registry("data sampler", flag_prefix="data")
@@ -34,6 +35,9 @@ for _cls in (
     REGISTRY.add(_cls)
 
 
-def select(name: str, opt: argparse.Namespace, labels) -> BatchSampler:
-    """Build sampler ``name`` over the training ``labels`` (N,)."""
-    return REGISTRY.build(name, opt, labels=labels)
+def select(name: str, opt: argparse.Namespace, labels: Labels) -> BatchSampler:
+    """Build sampler ``name`` over the training ``labels`` (N,): hyperparameters from ``opt``,
+    with ``opt.bs``, ``opt.samples_per_class`` and ``opt.seed`` as context."""
+    return REGISTRY.build(
+        name, opt, labels=labels, bs=opt.bs, samples_per_class=opt.samples_per_class, seed=opt.seed
+    )

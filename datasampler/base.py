@@ -5,15 +5,15 @@ A batch sampler yields lists of dataset indices, one list per batch. It is built
 comes from one ``torch.Generator`` whose state is returned by ``state_dict()`` (checkpointed at
 epoch boundaries, so a resumed run draws the same batches).
 
-Samplers that keep an embedding memory set ``requires_storage = True`` and implement
-``init_storage(embed_fn)`` (called once before training with a function returning (N, D)
-embeddings of the training set under eval transforms) and ``update_storage(embeddings, indices)``
-(called after every training step); see ``datasampler/storage.py``.
+The training loop calls ``init_storage(embed_fn)`` once before training and
+``update_storage(embeddings, indices)`` after every step, for every sampler: both are no-ops here,
+and only the samplers that keep an embedding memory (``datasampler/storage.py``) override them, so
+only those ever call ``embed_fn``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -24,32 +24,43 @@ Labels = torch.Tensor | Sequence[int]  # class ids (or dataset indices) as a ten
 
 
 class BatchSampler(torch.utils.data.Sampler):
-    """Base: subclasses set ``name``, ``Hparams`` (with bs, samples_per_class, seed) and ``__iter__``."""
+    """Base: subclasses set ``name`` and implement ``__iter__`` (and ``__len__``).
+
+    Context (required, given by ``datasampler.select``): the training ``labels`` (N,), ``bs``,
+    ``samples_per_class`` and ``seed``. A subclass with hyperparameters declares them as
+    keyword-only constructor parameters with defaults (each one a flag) and stores them as
+    attributes.
+    """
 
     name: str = ""
-    Hparams: Any = None
-    requires_storage = False
 
-    def __init__(self, labels: Labels, **hparams: Any) -> None:
-        self.hp = self.Hparams(**hparams)
-        bs, spc = self.hp.bs, self.hp.samples_per_class
-        if spc < 1 or bs < 1 or bs % spc != 0:
+    def __init__(self, *, labels: Labels, bs: int, samples_per_class: int, seed: int) -> None:
+        if samples_per_class < 1 or bs < 1 or bs % samples_per_class != 0:
             raise ConfigError(
-                f"--bs {bs} must be a positive multiple of --samples_per_class {spc} "
+                f"--bs {bs} must be a positive multiple of --samples_per_class {samples_per_class} "
                 f"(each batch holds bs/spc classes × spc images)"
             )
+        self.bs, self.samples_per_class, self.seed = bs, samples_per_class, seed
         self.labels = torch.as_tensor(labels, dtype=torch.long).cpu()
         if self.labels.dim() != 1 or len(self.labels) == 0 or (self.labels < 0).any():
             raise ConfigError("the sampler needs a non-empty 1-D vector of non-negative class labels")
         if len(self.labels) < bs:
             raise ConfigError(f"the training split has {len(self.labels)} images, fewer than --bs {bs}")
         self.classes = ClassIndex(self.labels)
-        self.generator = torch.Generator().manual_seed(self.hp.seed)
+        self.generator = torch.Generator().manual_seed(seed)
 
     @property
     def class_members(self) -> list[torch.Tensor]:
         """Dataset indices of each class present (one tensor per class)."""
         return [row[: int(n)] for row, n in zip(self.classes.members, self.classes.counts, strict=True)]
+
+    def init_storage(self, embed_fn: Callable[[], torch.Tensor]) -> None:
+        """Called once before training; ``embed_fn()`` returns (N, D) eval-transform embeddings of
+        the training set. A no-op here: ``embed_fn`` is only called by samplers that keep a memory."""
+
+    def update_storage(self, embeddings: torch.Tensor, indices: Labels) -> None:
+        """Called after every training step with the batch's (B, D) embeddings and (B,) dataset
+        indices. A no-op here (samplers that keep a memory overwrite its rows)."""
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}

@@ -16,32 +16,23 @@ error. For distinct classes per batch and an epoch that covers the data, use the
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import torch
 
 from datasampler.base import BatchSampler
 
 
-@dataclass
-class ClassRandomHparams:
-    bs: int = field(default=112, metadata={"global": "bs"})
-    samples_per_class: int = field(default=2, metadata={"global": "samples_per_class"})
-    seed: int = field(default=0, metadata={"global": "seed"})
-
-
 class ClassRandomSampler(BatchSampler):
     """bs/spc random classes (with replacement) × spc images each."""
 
     name = "class_random"
-    Hparams = ClassRandomHparams
 
     def __len__(self) -> int:
-        return len(self.labels) // self.hp.bs
+        return len(self.labels) // self.bs
 
     def __iter__(self) -> Iterator[list[int]]:
-        spc = self.hp.samples_per_class
-        n_draw = self.hp.bs // spc
+        spc = self.samples_per_class
+        n_draw = self.bs // spc
         for _ in range(len(self)):
             rows = torch.randint(len(self.classes), (n_draw,), generator=self.generator)
             yield self.classes.draw(rows, spc, self.generator).reshape(-1).tolist()

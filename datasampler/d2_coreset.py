@@ -21,20 +21,22 @@ is ``d2_coreset`` (the reference's object called itself ``greedy_coreset_sampler
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
 
-from datasampler.storage import StorageHparams, StorageSampler, pick_without_class_repeats, squared_distances
+from datasampler.base import Labels
+from datasampler.storage import (
+    BigBs,
+    CoresetSampler,
+    LowprojDim,
+    NoUpdate,
+    PickFn,
+    squared_distances,
+)
+from utilities.registry import Flag
 
 SHRINKAGE = 0.1
-
-
-@dataclass
-class D2CoresetHparams(StorageHparams):
-    lam: float = field(
-        default=1.0, metadata={"flag": "data_d2_coreset_lambda", "help": "exponent λ of the D² term"}
-    )
 
 
 def gaussian_fit(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,18 +57,36 @@ def gaussian_log_density(x: torch.Tensor, mu: torch.Tensor, chol: torch.Tensor) 
     return -0.5 * z.pow(2).sum(0) - chol.diagonal().log().sum()
 
 
-class D2CoresetSampler(StorageSampler):
+class D2CoresetSampler(CoresetSampler):
     """Density-weighted D² sampling of bs/spc classes from a random big batch of the memory."""
 
     name = "d2_coreset"
-    Hparams = D2CoresetHparams
 
-    def next_batch(self) -> torch.Tensor:
-        big = self.random_big_batch()
-        x = self.features(big)
+    def __init__(
+        self,
+        *,
+        labels: Labels,
+        bs: int,
+        samples_per_class: int,
+        seed: int,
+        bigbs: BigBs = 512,
+        no_update: NoUpdate = False,
+        lowproj_dim: LowprojDim = -1,
+        lam: Annotated[float, Flag("exponent λ of the D² term", name="data_d2_coreset_lambda")] = 1.0,
+    ) -> None:
+        super().__init__(
+            labels=labels,
+            bs=bs,
+            samples_per_class=samples_per_class,
+            seed=seed,
+            bigbs=bigbs,
+            no_update=no_update,
+            lowproj_dim=lowproj_dim,
+        )
+        self.lam = lam
+
+    def start(self, x: torch.Tensor) -> tuple[torch.Tensor, PickFn]:
         dist = squared_distances(x).double()
-        rows = self.classes.row_of[big]
-        same = rows[:, None] == rows[None, :]
         mu, chol = gaussian_fit(x)
         log_density = gaussian_log_density(x, mu, chol)
         draw = mu + chol @ torch.randn(len(mu), generator=self.generator, dtype=torch.float64)
@@ -76,9 +96,8 @@ class D2CoresetSampler(StorageSampler):
         def next_pick(available: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
             if last is not first:
                 sum_sq.add_(dist[:, last])
-            logits = log_density + self.hp.lam * sum_sq.clamp_min(1e-300).log()
+            logits = log_density + self.lam * sum_sq.clamp_min(1e-300).log()
             logits = logits.masked_fill(~available, float("-inf"))
             return torch.multinomial(torch.softmax(logits, 0), 1, generator=self.generator)[0]
 
-        picks = pick_without_class_repeats(next_pick, first, same, self.hp.bs // self.hp.samples_per_class)
-        return self.complete_classes(big[picks])
+        return first, next_pick

@@ -4,8 +4,9 @@ Roth et al., ICML 2020, §4 ("batch matching" samplers). https://arxiv.org/abs/2
 
 Per batch: a class-structured big batch B (``--data_batchmatch_bigbs`` / K distinct random classes
 × K = samples_per_class images, see ``storage.py``) and ``--data_batchmatch_ncomps`` (10) candidate
-batches b, each made of bs / K of B's class groups drawn without replacement. With the memory
-embeddings, the chosen candidate minimises
+batches b, each made of bs / K of B's class groups drawn without replacement (the scaffold shared
+with ``fid_batchmatch``, see ``_batchmatch.py``). With the memory embeddings, the chosen candidate
+minimises
 
     ‖μ_B − μ_b‖ + ‖σ_B − σ_b‖ + 75 · W₁(h_B, h_b)
 
@@ -21,24 +22,13 @@ all candidates are scored at once in torch; seeded, no joblib.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 import torch
 
-from datasampler.base import Labels
-from datasampler.storage import StorageHparams, StorageSampler, squared_distances
+from datasampler._batchmatch import BatchMatchSampler
+from datasampler.storage import squared_distances
 
 N_BINS = 50
 W1_WEIGHT = 75.0
-
-
-@dataclass
-class DisthistHparams(StorageHparams):
-    ncomps: int = field(
-        default=10,
-        metadata={"flag": "data_batchmatch_ncomps", "help": "number of candidate batches compared"},
-    )
 
 
 def pairwise_upper(x: torch.Tensor) -> torch.Tensor:
@@ -52,41 +42,15 @@ def histograms(d: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, n_bins: int)
     """Normalised histograms (..., n_bins) of the last axis of ``d`` over [lo, hi]."""
     width = (hi - lo).clamp_min(1e-12) / n_bins
     bins = ((d - lo) / width).floor().long().clamp(0, n_bins - 1)
+    # counts of ones: exact integers in any summation order, so repeated bins are deterministic
     h = torch.zeros(*d.shape[:-1], n_bins, dtype=d.dtype).scatter_add_(-1, bins, torch.ones_like(d))
     return h / h.sum(-1, keepdim=True)
-
-
-class BatchMatchSampler(StorageSampler):
-    """Shared scaffold: structured big batch, ncomps candidates, keep the cheapest."""
-
-    def candidates(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(big batch (G, K), candidate batches (ncomps, P, K)) as dataset indices."""
-        big = self.structured_big_batch()
-        p = self.hp.bs // self.hp.samples_per_class
-        keys = torch.rand(self.hp.ncomps, len(big), generator=self.generator)
-        choice = torch.topk(keys, p, dim=1, largest=False).indices
-        return big, big[choice]
-
-    def cost(self, big: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def next_batch(self) -> torch.Tensor:
-        big, cand = self.candidates()
-        x_big = self.features(big.reshape(-1))
-        x_cand = self.features(cand.reshape(-1)).view(len(cand), -1, x_big.shape[1])
-        return cand[self.cost(x_big, x_cand).argmin()]
 
 
 class DisthistBatchmatchSampler(BatchMatchSampler):
     """Candidate batch closest to the big batch in mean, std and distance histogram."""
 
     name = "disthist_batchmatch"
-    Hparams = DisthistHparams
-
-    def __init__(self, labels: Labels, **hparams: Any) -> None:
-        super().__init__(labels, **hparams)
-        if self.hp.ncomps < 1:
-            raise ValueError("--data_batchmatch_ncomps must be ≥ 1")
 
     def cost(self, x_big: torch.Tensor, x_cand: torch.Tensor) -> torch.Tensor:
         d_big, d_cand = pairwise_upper(x_big), pairwise_upper(x_cand)

@@ -4,8 +4,9 @@ Roth et al., ICML 2020, §4 ("batch matching" samplers); the distance is that of
 "GANs Trained by a Two Time-Scale Update Rule...", NeurIPS 2017. https://arxiv.org/abs/1706.08500
 
 Same scaffold as ``disthist_batchmatch`` (class-structured big batch, ``--data_batchmatch_ncomps``
-candidates of bs / K class groups, see there); the chosen candidate minimises the Fréchet distance
-between Gaussians fitted to the memory embeddings of the big batch B and of the candidate b:
+candidates of bs / K class groups, see ``_batchmatch.py``); the chosen candidate minimises the
+Fréchet distance between Gaussians fitted to the memory embeddings of the big batch B and of the
+candidate b:
 
     ‖μ_B − μ_b‖² + Tr Σ_B + Tr Σ_b − 2 Tr (Σ_B^{1/2} Σ_b Σ_B^{1/2})^{1/2}.
 
@@ -18,16 +19,9 @@ in one batched call; seeded, no joblib.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from datasampler.disthist_batchmatch import BatchMatchSampler, DisthistHparams
-
-
-@dataclass
-class FidHparams(DisthistHparams):
-    pass
+from datasampler._batchmatch import BatchMatchSampler
 
 
 def psd_sqrt(m: torch.Tensor) -> torch.Tensor:
@@ -56,7 +50,6 @@ class FidBatchmatchSampler(BatchMatchSampler):
     """Candidate batch closest to the big batch in Fréchet distance."""
 
     name = "fid_batchmatch"
-    Hparams = FidHparams
 
     def cost(self, x_big: torch.Tensor, x_cand: torch.Tensor) -> torch.Tensor:
         return frechet_distance(x_big, x_cand)

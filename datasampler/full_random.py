@@ -16,8 +16,6 @@ reachable by its exact name (the reference dispatched on substrings).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
@@ -25,31 +23,23 @@ from datasampler.base import BatchSampler, Labels
 from utilities.errors import ConfigError
 
 
-@dataclass
-class FullRandomHparams:
-    bs: int = field(default=112, metadata={"global": "bs"})
-    samples_per_class: int = field(default=2, metadata={"global": "samples_per_class"})
-    seed: int = field(default=0, metadata={"global": "seed"})
-
-
 class FullRandomSampler(BatchSampler):
     """bs − 1 uniformly random images plus one positive partner for one of them."""
 
     name = "full_random"
-    Hparams = FullRandomHparams
 
-    def __init__(self, labels: Labels, **hparams: Any) -> None:
-        super().__init__(labels, **hparams)
-        if self.hp.bs < 2:
+    def __init__(self, *, labels: Labels, bs: int, samples_per_class: int, seed: int) -> None:
+        super().__init__(labels=labels, bs=bs, samples_per_class=samples_per_class, seed=seed)
+        if bs < 2:
             raise ConfigError("the full_random sampler needs --bs ≥ 2")
         if not bool((self.classes.counts > 1).any()):
             raise ConfigError("the full_random sampler needs at least one class with two images")
 
     def __len__(self) -> int:
-        return len(self.labels) // self.hp.bs
+        return len(self.labels) // self.bs
 
     def __iter__(self) -> Iterator[list[int]]:
-        n_batches, m = len(self), self.hp.bs - 1
+        n_batches, m = len(self), self.bs - 1
         chunks = torch.randperm(len(self.labels), generator=self.generator)[: n_batches * m].view(
             n_batches, m
         )

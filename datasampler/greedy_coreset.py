@@ -22,43 +22,64 @@ textbook algorithm; the reference started from row norms of the distance matrix)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
 
-from datasampler.storage import StorageHparams, StorageSampler, pick_without_class_repeats, squared_distances
+from datasampler.base import Labels
+from datasampler.storage import (
+    BigBs,
+    CoresetSampler,
+    LowprojDim,
+    NoUpdate,
+    PickFn,
+    squared_distances,
+)
+from utilities.registry import Flag
 
 
-@dataclass
-class GreedyCoresetHparams(StorageHparams):
-    softened: bool = field(
-        default=False,
-        metadata={"flag": "data_gc_softened", "help": "pick at random above the 97th coverage percentile"},
-    )
-
-
-class GreedyCoresetSampler(StorageSampler):
+class GreedyCoresetSampler(CoresetSampler):
     """k-center greedy selection of bs/spc classes from a random big batch of the memory."""
 
     name = "greedy_coreset"
-    Hparams = GreedyCoresetHparams
 
-    def next_batch(self) -> torch.Tensor:
-        big = self.random_big_batch()
-        dist = squared_distances(self.features(big))
-        rows = self.classes.row_of[big]
-        same = rows[:, None] == rows[None, :]
-        first = torch.randint(len(big), (), generator=self.generator)
+    def __init__(
+        self,
+        *,
+        labels: Labels,
+        bs: int,
+        samples_per_class: int,
+        seed: int,
+        bigbs: BigBs = 512,
+        no_update: NoUpdate = False,
+        lowproj_dim: LowprojDim = -1,
+        softened: Annotated[
+            bool, Flag("pick at random above the 97th coverage percentile", name="data_gc_softened")
+        ] = False,
+    ) -> None:
+        super().__init__(
+            labels=labels,
+            bs=bs,
+            samples_per_class=samples_per_class,
+            seed=seed,
+            bigbs=bigbs,
+            no_update=no_update,
+            lowproj_dim=lowproj_dim,
+        )
+        self.softened = softened
+
+    def start(self, x: torch.Tensor) -> tuple[torch.Tensor, PickFn]:
+        dist = squared_distances(x)
+        first = torch.randint(len(x), (), generator=self.generator)
         coverage = dist[:, first].clone()
 
         def next_pick(available: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
             torch.minimum(coverage, dist[:, last], out=coverage)
-            if self.hp.softened:
+            if self.softened:
                 threshold = torch.quantile(coverage[available], 0.97)
                 top = available & (coverage >= threshold)
                 keys = torch.rand(len(top), generator=self.generator).masked_fill_(~top, -1.0)
                 return keys.argmax()
             return coverage.masked_fill(~available, -1.0).argmax()
 
-        picks = pick_without_class_repeats(next_pick, first, same, self.hp.bs // self.hp.samples_per_class)
-        return self.complete_classes(big[picks])
+        return first, next_pick

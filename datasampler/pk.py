@@ -23,8 +23,6 @@ P classes (a readable error otherwise).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
@@ -32,23 +30,15 @@ from datasampler.base import BatchSampler, Labels
 from utilities.errors import ConfigError
 
 
-@dataclass
-class PKHparams:
-    bs: int = field(default=112, metadata={"global": "bs"})
-    samples_per_class: int = field(default=2, metadata={"global": "samples_per_class"})
-    seed: int = field(default=0, metadata={"global": "seed"})
-
-
 class PKSampler(BatchSampler):
     """P distinct classes × K images per batch; each epoch covers every image."""
 
     name = "pk"
-    Hparams = PKHparams
 
-    def __init__(self, labels: Labels, **hparams: Any) -> None:
-        super().__init__(labels, **hparams)
-        self.k = self.hp.samples_per_class
-        self.p = self.hp.bs // self.k
+    def __init__(self, *, labels: Labels, bs: int, samples_per_class: int, seed: int) -> None:
+        super().__init__(labels=labels, bs=bs, samples_per_class=samples_per_class, seed=seed)
+        self.k = samples_per_class
+        self.p = bs // samples_per_class
         if self.p > len(self.classes):
             raise ConfigError(
                 f"the pk sampler needs --bs / --samples_per_class = {self.p} distinct classes per "

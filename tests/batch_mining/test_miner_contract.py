@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 import torch
 
@@ -38,8 +40,8 @@ def test_reference_flags_and_defaults():
     opt = parameters.parse(["--dataset", "digits", "--miner_rho_distance_cp", "0.35", "--seed", "7",
                             "--miner_semihard_margin", "0.05"])  # fmt: skip
     rho = batch_mining.select("rho_distance", opt)
-    assert rho.hp.cp == 0.35 and rho.seed == 7
-    assert batch_mining.select("semihard", opt).hp.margin == 0.05
+    assert rho.cp == 0.35 and rho.seed == 7
+    assert batch_mining.select("semihard", opt).margin == 0.05
 
 
 def test_unknown_miner_is_a_config_error():
@@ -184,37 +186,129 @@ def test_runs_on_cuda_with_cuda_outputs(name):
 
 
 def _losses_needing_a_miner() -> list[str]:
-    return [n for n, cls in criteria.REGISTRY if getattr(cls, "requires_miner", False)]
+    return [n for n in criteria.REGISTRY.names() if criteria.requires_miner(n)]
 
 
 def test_triplet_loss_with_npair_miner_is_a_start_up_error():
     opt = parameters.parse(["--dataset", "digits", "--loss", "triplet", "--batch_mining", "npair"])
     miner = batch_mining.select(opt.batch_mining, opt)
     with pytest.raises(ConfigError, match="npair"):
-        criteria.select(opt.loss, opt, miner)
+        criteria.select(opt.loss, opt, n_classes=10, batchminer=miner)
 
 
 @pytest.mark.parametrize("loss", _losses_needing_a_miner())
 def test_every_loss_accepts_exactly_the_miners_of_its_kind(loss):
     opt = parameters.parse(["--dataset", "digits"])
-    opt.n_classes = 10
-    kind = criteria.REGISTRY.get(loss).tuple_kind
+    kinds = criteria.REGISTRY.get(loss).tuple_kinds  # the kinds the loss accepts
     for name in NAMES:
         miner = batch_mining.select(name, opt)
-        if miner.tuple_kind == kind:
-            criteria.select(loss, opt, miner)
+        if miner.tuple_kind in kinds:
+            criteria.select(loss, opt, n_classes=10, batchminer=miner)
         else:
             with pytest.raises(ConfigError):
-                criteria.select(loss, opt, miner)
+                criteria.select(loss, opt, n_classes=10, batchminer=miner)
+
+
+def generator_states(miner: batch_mining.BatchMiner) -> dict[str, torch.Tensor]:
+    """The miner's generator states as they appear in its ``state_dict()`` (its extra state)."""
+    return miner.state_dict()["_extra_state"]
 
 
 def test_a_state_for_an_absent_device_loads_and_survives_a_round_trip():
     x, y = make_batch(n_classes=8, per_class=4, dim=16)
     a = build("distance", seed=0)
     a(x, y)
-    state = {**a.state_dict(), "cuda:7": torch.zeros(3, dtype=torch.uint8)}  # e.g. a GPU checkpoint
+    state = {**generator_states(a), "cuda:7": torch.zeros(3, dtype=torch.uint8)}  # e.g. a GPU checkpoint
     b = build("distance", seed=5)
-    b.load_state_dict(state)
-    assert torch.equal(b.state_dict()["cuda:7"], state["cuda:7"])
+    b.load_state_dict({"_extra_state": state})
+    assert torch.equal(generator_states(b)["cuda:7"], state["cuda:7"])
     for s, t in zip(a(x, y), b(x, y), strict=True):
         assert torch.equal(s, t)
+
+
+# ---- the plugin contract: nn.Module, context, flags, state in the holder's state dict -------------
+
+# the miner flags and their defaults as the reference study's commands know them
+MINER_FLAG_DEFAULTS = {
+    "miner_distance_lower_cutoff": 0.5,
+    "miner_distance_upper_cutoff": 1.4,
+    "miner_multisimilarity_epsilon": 0.1,
+    "miner_npair_one_per_class": False,
+    "miner_parametric_mode": "uniform",
+    "miner_parametric_n_support": 30,
+    "miner_parametric_support_lim": [0.0, 2.0],
+    "miner_rho_distance_cp": 0.2,
+    "miner_rho_distance_lower_cutoff": 0.5,
+    "miner_rho_distance_upper_cutoff": 1.4,
+    "miner_semihard_margin": 0.2,
+}
+
+
+def test_registry_flags_have_the_reference_names_and_defaults():
+    parser = argparse.ArgumentParser()
+    batch_mining.REGISTRY.add_args(parser)
+    defaults = vars(parser.parse_args([]))
+    assert defaults == MINER_FLAG_DEFAULTS
+    opt = parser.parse_args(
+        ["--miner_parametric_mode", "hards", "--miner_parametric_support_lim", "0.5", "1.5"]
+    )
+    assert opt.miner_parametric_mode == "hards" and opt.miner_parametric_support_lim == [0.5, 1.5]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--miner_parametric_mode", "nonsense"])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_seed_is_required_context_and_hyperparameters_are_attributes(name):
+    assert batch_mining.REGISTRY.context(name) == ["seed"]
+    with pytest.raises(TypeError):
+        batch_mining.REGISTRY.get(name)()
+    miner = build(name, seed=3)
+    assert isinstance(miner, torch.nn.Module) and miner.seed == 3 and not hasattr(miner, "hp")
+    for hp in batch_mining.REGISTRY.hyperparameters(name):
+        assert getattr(miner, hp.param) == hp.default
+        assert f"{hp.param}=" in repr(miner)
+
+
+def test_select_builds_from_the_namespace_with_the_seed_as_context():
+    opt = argparse.Namespace(seed=11, **MINER_FLAG_DEFAULTS)
+    opt.miner_distance_lower_cutoff = 0.3  # shared by distance and random_distance
+    miner = batch_mining.select("random_distance", opt)
+    assert miner.seed == 11 and miner.lower_cutoff == 0.3 and miner.upper_cutoff == 1.4
+    assert batch_mining.select("distance", opt).lower_cutoff == 0.3
+    assert batch_mining.select("rho_distance", opt).lower_cutoff == 0.5
+
+
+@pytest.mark.parametrize("name", sorted(STOCHASTIC))
+def test_generator_states_travel_in_the_holders_state_dict(name, tmp_path):
+    """A criterion holds its miner as a submodule; a checkpoint of the criterion resumes mining."""
+    x, y = make_batch(n_classes=8, per_class=4, dim=16)
+
+    class Holder(torch.nn.Module):
+        def __init__(self, seed: int) -> None:
+            super().__init__()
+            self.batchminer = build(name, seed=seed)
+
+    a = Holder(seed=3)
+    a.batchminer(x, y)
+    torch.save(a.state_dict(), tmp_path / "ckpt.pt")
+    expected = [a.batchminer(x, y) for _ in range(2)]
+    state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert set(state) == {"batchminer._extra_state"} and "cpu" in state["batchminer._extra_state"]
+    b = Holder(seed=99)
+    b.load_state_dict(state)
+    assert [m for m in b.modules() if isinstance(m, batch_mining.BatchMiner)] == [b.batchminer]
+    for want in expected:
+        for s, t in zip(want, b.batchminer(x, y), strict=True):
+            assert torch.equal(s, t)
+    with pytest.raises(RuntimeError, match="_extra_state"):  # a checkpoint without them is an error
+        Holder(seed=0).load_state_dict({})
+
+
+def test_stats_are_popped_once():
+    x, y = make_batch(n_classes=8, per_class=4, dim=16)
+    miner = build("semihard", seed=0)
+    miner(x, y)
+    miner(x, y)
+    found = miner.pop_stats()["semihard_found"]
+    assert 0 < found <= 2 * len(y) and isinstance(found, float)
+    assert miner.pop_stats() == {}

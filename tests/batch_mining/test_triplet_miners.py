@@ -11,10 +11,15 @@ import pytest
 import torch
 from pytorch_metric_learning import miners as pml_miners
 
-from batch_mining.base import pairwise_distances
 from tests.batch_mining.helpers import assert_valid_triplets, build, points, unit_circle
 from tests.conftest import make_batch
 from utilities.errors import ConfigError
+
+
+def reference_distances(x: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances in float64, pair by pair (independent of the miners' distance helper)."""
+    x = x.double()
+    return torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
 
 
 def frequencies(samples: list[int], support: list[int]) -> np.ndarray:
@@ -77,7 +82,7 @@ def test_semihard_falls_back_to_a_uniform_negative():
 def test_semihard_matches_a_brute_force_loop():
     x, y = make_batch(n_classes=7, per_class=4, dim=8, seed=2)
     miner = build("semihard", seed=1, margin=0.5)
-    d2 = pairwise_distances(x.double(), squared=True)
+    d2 = reference_distances(x).pow(2)
     for _ in range(5):
         a, p, n = miner(x, y)
         assert_valid_triplets(y, a, p, n)
@@ -108,7 +113,7 @@ def test_softhard_exact_on_hand_placed_points():
 
 def test_softhard_matches_a_brute_force_loop():
     x, y = make_batch(n_classes=6, per_class=4, dim=6, seed=4)
-    d = pairwise_distances(x.double())
+    d = reference_distances(x)
     a, p, n = build("softhard", seed=0)(x, y)
     assert_valid_triplets(y, a, p, n)
     assert len(a) == len(y)
@@ -294,7 +299,7 @@ def test_parametric_bins_follow_the_mode_weights():
         "veryhards": [1, 0, 0, 0, 0],
     }.items():
         miner = build("parametric", seed=0, mode=mode, n_support=10)
-        dist = pairwise_distances(x)
+        dist = reference_distances(x).float()
         _, neg = (y[:, None] == y[None, :]), y[:, None] != y[None, :]
         w = miner.negative_weights(dist[:1], neg[:1])[0, 2:]
         # bin k of 10 over [0, 2) has centre t_k = (k + 0.5) / 10

@@ -10,6 +10,7 @@ import torch
 
 import datasampler
 import parameters
+from datasampler.storage import StorageSampler
 from utilities.errors import ConfigError
 
 NAMES = datasampler.REGISTRY.names()
@@ -26,13 +27,12 @@ def imbalanced_labels(n_classes: int = 20, seed: int = 0) -> torch.Tensor:
 
 def build(name: str, labels: torch.Tensor, **hp) -> datasampler.BatchSampler:
     cls = datasampler.REGISTRY.get(name)
-    if not cls.requires_storage:
+    if not issubclass(cls, StorageSampler):
         hp.pop("bigbs", None)
-    sampler = cls(labels, **hp)
-    if sampler.requires_storage:
-        g = torch.Generator().manual_seed(1)
-        emb = torch.nn.functional.normalize(torch.randn(len(labels), 8, generator=g), dim=1)
-        sampler.init_storage(lambda: emb)
+    sampler = cls(labels=labels, **hp)
+    g = torch.Generator().manual_seed(1)
+    emb = torch.nn.functional.normalize(torch.randn(len(labels), 8, generator=g), dim=1)
+    sampler.init_storage(lambda: emb)  # a no-op for the samplers without a memory
     return sampler
 
 
@@ -46,19 +46,19 @@ def test_the_full_set_is_registered_with_the_reference_flags():
     opt = parameters.parse(["--dataset", "digits", "--data_sampler", "fid_batchmatch", "--bs", "8",
                             "--data_batchmatch_bigbs", "16", "--data_batchmatch_ncomps", "3", "--seed", "4"])  # fmt: skip
     sampler = datasampler.select(opt.data_sampler, opt, imbalanced_labels())
-    assert sampler.hp.bigbs == 16 and sampler.hp.ncomps == 3 and sampler.hp.seed == 4 and sampler.hp.bs == 8
+    assert sampler.bigbs == 16 and sampler.ncomps == 3 and sampler.seed == 4 and sampler.bs == 8
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_bs_must_be_a_multiple_of_samples_per_class(name):
     with pytest.raises(ConfigError, match="multiple of --samples_per_class"):
-        datasampler.REGISTRY.get(name)(imbalanced_labels(), bs=10, samples_per_class=4, seed=0)
+        datasampler.REGISTRY.get(name)(labels=imbalanced_labels(), bs=10, samples_per_class=4, seed=0)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_too_few_images_is_a_config_error(name):
     with pytest.raises(ConfigError, match="fewer than --bs"):
-        datasampler.REGISTRY.get(name)(torch.tensor([0, 0, 1, 1]), bs=8, samples_per_class=2, seed=0)
+        datasampler.REGISTRY.get(name)(labels=torch.tensor([0, 0, 1, 1]), bs=8, samples_per_class=2, seed=0)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -96,7 +96,7 @@ def test_deterministic_under_the_seed_and_resumable(name):
     c = build(name, labels, seed=99, **hp)
     assert list(c) != nxt
     c.load_state_dict(state)
-    c.init_storage(lambda: 1 / 0) if c.requires_storage else None  # restored: no re-embedding
+    c.init_storage(lambda: 1 / 0)  # restored (or no memory at all): no re-embedding
     assert list(c) == nxt
 
 
@@ -120,6 +120,10 @@ def test_class_random_small_classes_repeat_images():
     labels = torch.tensor([0] * 1 + [1] * 5)
     batches = list(build("class_random", labels, bs=6, samples_per_class=3, seed=0))
     assert all(len(b) == 6 for b in batches)
+    for b in batches:  # two blocks of three images of one class; the singleton class repeats image 0
+        for block in (b[:3], b[3:]):
+            assert len(set(labels[block].tolist())) == 1
+            assert len(set(block)) == (1 if labels[block[0]] == 0 else 3)
 
 
 def test_full_random_is_uniform_over_images_and_covers_without_repeats():
@@ -173,8 +177,8 @@ def test_pk_needs_enough_classes():
 @pytest.mark.parametrize("name", sorted(STORAGE))
 def test_storage_must_be_initialised_and_is_updated(name):
     labels = imbalanced_labels()
-    sampler = datasampler.REGISTRY.get(name)(labels, bs=8, samples_per_class=2, seed=0, bigbs=32)
-    assert sampler.requires_storage
+    sampler = datasampler.REGISTRY.get(name)(labels=labels, bs=8, samples_per_class=2, seed=0, bigbs=32)
+    assert isinstance(sampler, StorageSampler)
     with pytest.raises(RuntimeError, match="init_storage"):
         next(iter(sampler))
     emb = torch.randn(len(labels), 6)
@@ -182,17 +186,17 @@ def test_storage_must_be_initialised_and_is_updated(name):
     sampler.update_storage(torch.ones(2, 6, requires_grad=True), torch.tensor([3, 5]))
     assert (sampler.storage[[3, 5]] == 1).all() and torch.equal(sampler.storage[4], emb[4])
     frozen = datasampler.REGISTRY.get(name)(
-        labels, bs=8, samples_per_class=2, seed=0, bigbs=32, no_update=True
+        labels=labels, bs=8, samples_per_class=2, seed=0, bigbs=32, no_update=True
     )
     frozen.init_storage(lambda: emb)
     frozen.update_storage(torch.ones(2, 6), [3, 5])
     assert torch.equal(frozen.storage, emb)
     with pytest.raises(ValueError, match="embeddings"):
-        datasampler.REGISTRY.get(name)(labels, bs=8, samples_per_class=2, seed=0).init_storage(
+        datasampler.REGISTRY.get(name)(labels=labels, bs=8, samples_per_class=2, seed=0).init_storage(
             lambda: torch.zeros(3, 6)
         )
     with pytest.raises(ConfigError, match="bigbs"):
-        datasampler.REGISTRY.get(name)(labels, bs=16, samples_per_class=2, seed=0, bigbs=8)
+        datasampler.REGISTRY.get(name)(labels=labels, bs=16, samples_per_class=2, seed=0, bigbs=8)
 
 
 def test_low_projection_changes_the_compared_dimension():
@@ -200,6 +204,10 @@ def test_low_projection_changes_the_compared_dimension():
     sampler = build("greedy_coreset", labels, bs=8, samples_per_class=2, seed=0, lowproj_dim=3)
     assert sampler.features(torch.arange(5)).shape == (5, 3)
     assert len(next(iter(sampler))) == 8
+    assert sampler.projection.shape == (8, 3)
+    assert torch.allclose(sampler.features(torch.arange(5)), sampler.storage[:5] @ sampler.projection)
+    blocks = labels[next(iter(sampler))].view(4, 2)
+    assert (blocks == blocks[:, :1]).all() and len(set(blocks[:, 0].tolist())) == 4  # P×K, distinct
 
 
 def brute_force_k_center(
@@ -222,7 +230,9 @@ def test_greedy_coreset_is_k_center_greedy_on_the_right_indices():
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(40)[torch.randperm(40, generator=g)]  # one image per class, shuffled ids
     emb = torch.randn(40, 5, generator=g)
-    sampler = datasampler.REGISTRY.get("greedy_coreset")(labels, bs=8, samples_per_class=1, seed=0, bigbs=40)
+    sampler = datasampler.REGISTRY.get("greedy_coreset")(
+        labels=labels, bs=8, samples_per_class=1, seed=0, bigbs=40
+    )
     sampler.init_storage(lambda: emb)
     for b in list(sampler)[:3]:
         expected = brute_force_k_center(emb.numpy(), labels.numpy(), b[0], 8)
@@ -232,7 +242,9 @@ def test_greedy_coreset_is_k_center_greedy_on_the_right_indices():
 def test_greedy_coreset_picks_each_class_once_and_completes_it():
     labels = torch.arange(10).repeat_interleave(6)
     emb = torch.randn(60, 4)
-    sampler = datasampler.REGISTRY.get("greedy_coreset")(labels, bs=12, samples_per_class=3, seed=0, bigbs=60)
+    sampler = datasampler.REGISTRY.get("greedy_coreset")(
+        labels=labels, bs=12, samples_per_class=3, seed=0, bigbs=60
+    )
     sampler.init_storage(lambda: emb)
     for b in sampler:
         blocks = labels[b].view(4, 3)
@@ -243,7 +255,7 @@ def test_greedy_coreset_softened_picks_from_the_top_percentiles():
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(200)
     emb = torch.randn(200, 3, generator=g)
-    sampler = datasampler.REGISTRY.get("greedy_coreset")(labels, bs=4, samples_per_class=1, seed=0,
+    sampler = datasampler.REGISTRY.get("greedy_coreset")(labels=labels, bs=4, samples_per_class=1, seed=0,
                                                          bigbs=200, softened=True)  # fmt: skip
     sampler.init_storage(lambda: emb)
     x = emb.double()
@@ -263,7 +275,9 @@ def test_d2_coreset_prefers_far_points():
     g = torch.Generator().manual_seed(0)
     emb = torch.cat([torch.randn(30, 4, generator=g) * 0.05, torch.randn(30, 4, generator=g) * 0.05 + 3])
     labels = torch.arange(60)
-    sampler = datasampler.REGISTRY.get("d2_coreset")(labels, bs=2, samples_per_class=1, seed=0, bigbs=60)
+    sampler = datasampler.REGISTRY.get("d2_coreset")(
+        labels=labels, bs=2, samples_per_class=1, seed=0, bigbs=60
+    )
     sampler.init_storage(lambda: emb)
     jumps = sum((b[0] < 30) != (b[1] < 30) for _ in range(3) for b in sampler)
     assert jumps >= 0.9 * 3 * len(sampler)
@@ -277,7 +291,7 @@ def test_disthist_picks_the_candidate_with_the_lowest_cost(monkeypatch):
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(30).repeat_interleave(2)
     emb = torch.randn(60, 4, generator=g)
-    sampler = datasampler.REGISTRY.get("disthist_batchmatch")(labels, bs=8, samples_per_class=2, seed=0,
+    sampler = datasampler.REGISTRY.get("disthist_batchmatch")(labels=labels, bs=8, samples_per_class=2, seed=0,
                                                               bigbs=40, ncomps=6)  # fmt: skip
     sampler.init_storage(lambda: emb)
     big, cand = sampler.candidates()
@@ -332,7 +346,9 @@ def test_fid_batchmatch_prefers_candidates_like_the_big_batch(monkeypatch):
     labels = torch.arange(40).repeat_interleave(2)
     emb = torch.randn(80, 4, generator=g)
     emb[:20] *= 10  # a candidate made of these outliers must lose
-    sampler = datasampler.REGISTRY.get("fid_batchmatch")(labels, bs=8, samples_per_class=2, seed=0, bigbs=80)
+    sampler = datasampler.REGISTRY.get("fid_batchmatch")(
+        labels=labels, bs=8, samples_per_class=2, seed=0, bigbs=80
+    )
     sampler.init_storage(lambda: emb)
     big = torch.arange(80).view(40, 2)
     cand = torch.stack([big[:4], big[20:24], big[5:9]])  # only the 2nd avoids the outliers
