@@ -1,9 +1,11 @@
 """Backbones + embedding head: ``model = select(opt.arch, opt)``; ``model(x)`` -> (B, embed_dim).
 
 The arch string is ``<backbone>[_<modifier>...]`` or ``timm:<model>[_<modifier>...]`` (see
-``architectures/base.py``); each backbone is a class with ``name``, ``build(spec, opt) ->
-EmbeddingNet`` and an ``input_config`` (crop size, normalisation) that the data transforms read
-through :func:`input_config`.
+``architectures/base.py``). Each backbone is an :class:`~architectures.base.EmbeddingNet` subclass
+with a ``name`` and the keyword-only constructor ``cls(spec=, embed_dim=, pretrained=,
+pretrained_path=)`` (all context, no hyperparameter flags); :func:`input_config` tells the data
+transforms the crop size and normalisation it expects (``cls.input_config_for(spec)``).
+:func:`select` is the one place that reads the namespace.
 """
 
 from __future__ import annotations
@@ -31,18 +33,21 @@ for _cls in (
 def select(arch: str, opt: argparse.Namespace) -> EmbeddingNet:
     """Build the network named by ``arch`` (e.g. ``resnet50_frozen_normalize``).
 
-    ``--amp`` and ``--channels_last`` (if present in ``opt``) are applied to the built network."""
+    Reads ``--embed_dim``, ``--not_pretrained``, ``--pretrained_path``, ``--amp`` and
+    ``--channels_last`` from ``opt``."""
     spec = parse_arch(arch)
-    model = REGISTRY.get(spec.backbone).build(spec, opt)
-    return model.set_precision(
-        getattr(opt, "amp", "off") or "off", bool(getattr(opt, "channels_last", False))
+    model = REGISTRY.build(
+        spec.backbone,
+        opt,
+        spec=spec,
+        embed_dim=opt.embed_dim,
+        pretrained=not opt.not_pretrained,
+        pretrained_path=opt.pretrained_path,
     )
+    return model.set_precision(opt.amp, opt.channels_last)
 
 
 def input_config(arch: str) -> InputConfig:
     """Crop size and pixel normalisation that the backbone of ``arch`` expects."""
     spec = parse_arch(arch)
-    cls = REGISTRY.get(spec.backbone)
-    if hasattr(cls, "input_config_for"):
-        return cls.input_config_for(spec)
-    return getattr(cls, "input_config", InputConfig())
+    return REGISTRY.get(spec.backbone).input_config_for(spec)

@@ -144,18 +144,21 @@ def _cpu_has_bf16() -> bool:
 
 
 class EmbeddingNet(nn.Module):
-    """``features`` (B, F) from the backbone, then ``last_linear`` (F -> embed_dim)."""
+    """Base of every backbone plugin: ``backbone`` (B, F) features, then ``last_linear`` (F -> embed_dim).
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        feature_dim: int,
-        embed_dim: int,
-        spec: ArchSpec,
-        input_config: InputConfig | None = None,
-    ) -> None:
+    A plugin subclass sets ``name`` and ``default_input_config`` (or overrides
+    :meth:`input_config_for`) and implements :meth:`make_backbone`. Its constructor is this one:
+    all four arguments are context, handed over by ``architectures.select``; the module names
+    (``backbone.*``, ``last_linear.*``) are those of every checkpoint this project writes."""
+
+    name = ""
+    default_input_config = InputConfig()
+
+    def __init__(self, *, spec: ArchSpec, embed_dim: int, pretrained: bool, pretrained_path: str) -> None:
         super().__init__()
-        self.backbone = backbone
+        self.backbone, feature_dim = self.make_backbone(
+            spec, pretrained=pretrained, pretrained_path=pretrained_path
+        )
         self.last_linear = nn.Linear(feature_dim, embed_dim)
         if spec.head_init == "kaiming":
             nn.init.kaiming_normal_(self.last_linear.weight, mode="fan_out")
@@ -163,7 +166,7 @@ class EmbeddingNet(nn.Module):
         self.spec = spec
         self.normalize = spec.normalize
         self.embed_dim = embed_dim
-        self.input_config = input_config or InputConfig()
+        self.input_config = self.input_config_for(spec)
         cfg = self.input_config
         # uint8 x -> (x - 255·mean) / (255·std); non-persistent so checkpoints stay backbone-only
         self.register_buffer(
@@ -172,6 +175,17 @@ class EmbeddingNet(nn.Module):
         self.register_buffer("_pixel_std", torch.tensor(cfg.std).mul(255).view(1, 3, 1, 1), persistent=False)
         self.amp = "off"
         self.channels_last = False
+
+    @classmethod
+    def input_config_for(cls, spec: ArchSpec) -> InputConfig:
+        """Crop size and pixel normalisation this backbone expects for ``spec``."""
+        return cls.default_input_config
+
+    def make_backbone(
+        self, spec: ArchSpec, *, pretrained: bool, pretrained_path: str
+    ) -> tuple[nn.Module, int]:
+        """The feature extractor (B, 3, H, W) -> (B, F) with its weights, and F."""
+        raise NotImplementedError
 
     def set_precision(self, amp: str = "off", channels_last: bool = False) -> EmbeddingNet:
         autocast_dtype(amp, "cpu")  # validates the mode
@@ -270,21 +284,23 @@ def load_local_weights(module: nn.Module, path: str, arch: str) -> None:
 
 def build_weights(
     arch: str,
-    opt,
     random_init: Callable[[], nn.Module],
     pretrained_init: Callable[[], nn.Module] | None,
+    *,
+    pretrained: bool,
+    pretrained_path: str,
 ) -> nn.Module:
-    """The backbone module, honouring ``--pretrained_path`` > ``--not_pretrained`` > downloaded weights.
+    """The backbone module: a local state dict (``pretrained_path``) if given, else the downloaded
+    weights if ``pretrained`` (and the backbone has any), else random weights.
 
     ``random_init`` builds the module with random weights; ``pretrained_init`` downloads (or reads
     from the framework's cache) the ImageNet weights. Any failure there — no network, a broken
     cache — becomes one :class:`ConfigError` line instead of a traceback."""
-    path = getattr(opt, "pretrained_path", "") or ""
-    if path:
+    if pretrained_path:
         module = random_init()
-        load_local_weights(module, path, arch)
+        load_local_weights(module, pretrained_path, arch)
         return module
-    if getattr(opt, "not_pretrained", False) or pretrained_init is None:
+    if not pretrained or pretrained_init is None:
         return random_init()
     try:
         return pretrained_init()

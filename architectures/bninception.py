@@ -7,18 +7,18 @@ on the device from the loader's uint8 RGB images. The ImageNet weights are
 ``bn_inception-52deb4733.pth`` from ``data.lip6.fr``; offline, save that file and pass
 ``--pretrained_path``.
 
-Only the model file of ``pretrainedmodels`` is loaded (importing the package imports all of its
-40-odd models, ~7 s, and prints SyntaxWarnings on Python ≥ 3.12); those warnings are suppressed.
+Only the model file of ``pretrainedmodels`` is loaded, on first use (importing the package imports
+all of its 40-odd models and prints SyntaxWarnings on Python ≥ 3.12); those warnings are suppressed.
 Deviation from the reference: ``--not_pretrained`` is honoured (the study always loaded weights).
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import sys
 from types import ModuleType
 
+import torch
 from torch import nn
 
 from architectures.base import (
@@ -35,6 +35,8 @@ WEIGHTS_URL = "http://data.lip6.fr/cadene/pretrainedmodels/bn_inception-52deb473
 
 
 def _bninception_module() -> ModuleType:
+    """pretrainedmodels' ``bninception.py``, loaded lazily on its own: the package is an optional,
+    heavy dependency whose import would load every one of its models."""
     name = "_pretrainedmodels_bninception"
     if name in sys.modules:
         return sys.modules[name]
@@ -64,23 +66,28 @@ def _features_class(module: ModuleType) -> type:
     return BNInceptionFeatures
 
 
-class BNInception:
+class BNInception(EmbeddingNet):
     """pretrainedmodels BN-Inception, 1024-d features, BGR 0-255 inputs, 227 crops."""
 
     name = "bninception"
-    input_config = BNINCEPTION_INPUT
+    default_input_config = BNINCEPTION_INPUT
 
-    @staticmethod
-    def build(spec: ArchSpec, opt: argparse.Namespace) -> EmbeddingNet:
+    def make_backbone(
+        self, spec: ArchSpec, *, pretrained: bool, pretrained_path: str
+    ) -> tuple[nn.Module, int]:
         cls = _features_class(_bninception_module())
 
         def pretrained_init() -> nn.Module:
-            import torch.hub
-
             net = cls(spec.pooling)
             net.load_state_dict(torch.hub.load_state_dict_from_url(WEIGHTS_URL, map_location="cpu"))
             return net
 
-        net = build_weights("bninception", opt, lambda: cls(spec.pooling), pretrained_init)
+        net = build_weights(
+            self.name,
+            lambda: cls(spec.pooling),
+            pretrained_init,
+            pretrained=pretrained,
+            pretrained_path=pretrained_path,
+        )
         net.last_linear = nn.Identity()
-        return EmbeddingNet(net, 1024, opt.embed_dim, spec, BNInception.input_config)
+        return net, 1024

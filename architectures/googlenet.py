@@ -12,33 +12,36 @@ it trains, honours ``--not_pretrained``/``--pretrained_path``, and also supports
 
 from __future__ import annotations
 
-import argparse
-
 import torchvision
 from torch import nn
 
 from architectures.base import ArchSpec, EmbeddingNet, GlobalPool, InputConfig, build_weights
 
 
-class GoogLeNet:
+def _random_init() -> nn.Module:
+    return torchvision.models.googlenet(
+        weights=None, aux_logits=False, transform_input=True, init_weights=True
+    )
+
+
+def _pretrained_init() -> nn.Module:
+    weights = torchvision.models.GoogLeNet_Weights.IMAGENET1K_V1
+    # torchvision loads these weights with the auxiliary heads, then drops them
+    return torchvision.models.googlenet(weights=weights, transform_input=True)
+
+
+class GoogLeNet(EmbeddingNet):
     """torchvision GoogLeNet (BN variant), 1024-d features, 227 crops."""
 
     name = "googlenet"
-    input_config = InputConfig(crop=227)
+    default_input_config = InputConfig(crop=227)
 
-    @staticmethod
-    def build(spec: ArchSpec, opt: argparse.Namespace) -> EmbeddingNet:
-        def random_init() -> nn.Module:
-            return torchvision.models.googlenet(
-                weights=None, aux_logits=False, transform_input=True, init_weights=True
-            )
-
-        def pretrained_init() -> nn.Module:
-            weights = torchvision.models.GoogLeNet_Weights.IMAGENET1K_V1
-            # torchvision loads these weights with the auxiliary heads, then drops them
-            return torchvision.models.googlenet(weights=weights, transform_input=True)
-
-        net = build_weights("googlenet", opt, random_init, pretrained_init)
+    def make_backbone(
+        self, spec: ArchSpec, *, pretrained: bool, pretrained_path: str
+    ) -> tuple[nn.Module, int]:
+        net = build_weights(
+            self.name, _random_init, _pretrained_init, pretrained=pretrained, pretrained_path=pretrained_path
+        )
         net.avgpool = GlobalPool(spec.pooling, keepdim=True)
         net.fc = nn.Identity()
-        return EmbeddingNet(net, 1024, opt.embed_dim, spec, GoogLeNet.input_config)
+        return net, 1024

@@ -11,28 +11,31 @@ Input: 224 crops, ImageNet normalisation.
 
 from __future__ import annotations
 
-import argparse
-
 import torchvision
 from torch import nn
 
-from architectures.base import ArchSpec, EmbeddingNet, GlobalPool, InputConfig, build_weights
+from architectures.base import ArchSpec, EmbeddingNet, GlobalPool, build_weights
 
 
-class _TorchvisionResNet:
-    name = ""
+class _TorchvisionResNet(EmbeddingNet):
     depth = 50
     feature_dim = 2048
-    input_config = InputConfig()
 
-    @classmethod
-    def build(cls, spec: ArchSpec, opt: argparse.Namespace) -> EmbeddingNet:
-        builder = getattr(torchvision.models, cls.name)
-        weights = getattr(torchvision.models, f"ResNet{cls.depth}_Weights").IMAGENET1K_V1
-        net = build_weights(cls.name, opt, lambda: builder(weights=None), lambda: builder(weights=weights))
+    def make_backbone(
+        self, spec: ArchSpec, *, pretrained: bool, pretrained_path: str
+    ) -> tuple[nn.Module, int]:
+        builder = getattr(torchvision.models, self.name)
+        weights = getattr(torchvision.models, f"ResNet{self.depth}_Weights").IMAGENET1K_V1
+        net = build_weights(
+            self.name,
+            lambda: builder(weights=None),
+            lambda: builder(weights=weights),
+            pretrained=pretrained,
+            pretrained_path=pretrained_path,
+        )
         net.avgpool = GlobalPool(spec.pooling, keepdim=True)
         net.fc = nn.Identity()
-        return EmbeddingNet(net, cls.feature_dim, opt.embed_dim, spec, cls.input_config)
+        return net, self.feature_dim
 
 
 class ResNet18(_TorchvisionResNet):

@@ -9,8 +9,6 @@ on a CPU.
 
 from __future__ import annotations
 
-import argparse
-
 from torch import nn
 
 from architectures.base import ArchSpec, EmbeddingNet, GlobalPool, InputConfig
@@ -20,14 +18,15 @@ def _block(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
-class SmallCNN:
+class SmallCNN(EmbeddingNet):
     """Small 3-block CNN for tiny images (CPU-friendly)."""
 
     name = "smallcnn"
-    input_config = InputConfig(crop=32, resize=36)
+    default_input_config = InputConfig(crop=32, resize=36)
 
-    @staticmethod
-    def build(spec: ArchSpec, opt: argparse.Namespace) -> EmbeddingNet:
+    def make_backbone(
+        self, spec: ArchSpec, *, pretrained: bool, pretrained_path: str
+    ) -> tuple[nn.Module, int]:
         features = nn.Sequential(
             *_block(3, 32),
             *_block(32, 64),
@@ -35,4 +34,4 @@ class SmallCNN:
             *_block(64, 128),
             GlobalPool(spec.pooling),
         )
-        return EmbeddingNet(features, 128, opt.embed_dim, spec, SmallCNN.input_config)
+        return features, 128

@@ -6,20 +6,23 @@ The model is created with ``num_classes=0``, so it returns its pooled features
 only). Crop size and normalisation come from the model's pretrained config (``input_size``, mean,
 std), so a DINO or CLIP model gets the statistics it was trained with. Weights come from the
 Hugging Face hub unless ``--not_pretrained`` or ``--pretrained_path``; offline, put them in the hub
-cache (``HF_HOME``) or pass ``--pretrained_path``. Without a network the hub client retries for
-about a minute before the run stops with the "could not load pretrained weights" line; set
+cache (``HF_HOME``) or pass ``--pretrained_path``. Without a network the hub client retries a few
+times before the run stops with the "could not load pretrained weights" line; set
 ``HF_HUB_OFFLINE=1`` to fail (or read the cache) at once.
 """
 
 from __future__ import annotations
 
-import argparse
+from types import ModuleType
+
+from torch import nn
 
 from architectures.base import ArchSpec, EmbeddingNet, InputConfig, build_weights
 from utilities.errors import ConfigError
 
 
-def _timm():
+def _timm() -> ModuleType:
+    # lazy: timm is a heavy import (hundreds of model definitions) that only --arch timm:<name> needs
     import timm
 
     return timm
@@ -38,17 +41,18 @@ def timm_input_config(model: str) -> InputConfig:
     return InputConfig(crop=crop, resize=resize, mean=tuple(cfg.mean), std=tuple(cfg.std))
 
 
-class Timm:
+class Timm(EmbeddingNet):
     """Any timm model (``timm:<name>``), pooled features, its own input statistics."""
 
     name = "timm"
 
-    @staticmethod
-    def input_config_for(spec: ArchSpec) -> InputConfig:
+    @classmethod
+    def input_config_for(cls, spec: ArchSpec) -> InputConfig:
         return timm_input_config(spec.model)
 
-    @staticmethod
-    def build(spec: ArchSpec, opt: argparse.Namespace) -> EmbeddingNet:
+    def make_backbone(
+        self, spec: ArchSpec, *, pretrained: bool, pretrained_path: str
+    ) -> tuple[nn.Module, int]:
         timm = _timm()
         if not timm.list_models(spec.model.split(".")[0]) and not timm.is_model(spec.model):
             raise ConfigError(f"--arch timm:{spec.model}: timm has no model called '{spec.model}'")
@@ -56,13 +60,19 @@ class Timm:
         if spec.pooling == "double":
             kwargs["global_pool"] = "avgmax"
 
-        def create(pretrained: bool):
+        def create(download: bool) -> nn.Module:
             try:
-                return timm.create_model(spec.model, pretrained=pretrained, **kwargs)
+                return timm.create_model(spec.model, pretrained=download, **kwargs)
             except (TypeError, ValueError, AssertionError, NotImplementedError) as err:
-                if pretrained:
+                if download:
                     raise
                 raise ConfigError(f"--arch timm:{spec.model}: {err}") from None
 
-        net = build_weights(f"timm:{spec.model}", opt, lambda: create(False), lambda: create(True))
-        return EmbeddingNet(net, net.num_features, opt.embed_dim, spec, timm_input_config(spec.model))
+        net = build_weights(
+            f"timm:{spec.model}",
+            lambda: create(False),
+            lambda: create(True),
+            pretrained=pretrained,
+            pretrained_path=pretrained_path,
+        )
+        return net, net.num_features

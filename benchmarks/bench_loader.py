@@ -38,6 +38,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import architectures
 import datasets
 import parameters
 from utilities.training import make_loader
@@ -134,11 +135,13 @@ def main() -> None:
             )
 
         plain_opt = opt_for("--data_decode", "full")
-        train_paths = datasets.select("cub200", plain_opt)["training"].samples
+        train_paths = datasets.select("cub200", plain_opt, architectures.input_config(plain_opt.arch))[
+            "training"
+        ].samples
 
         def ours(*extra: str):
             opt = opt_for(*extra)
-            return datasets.select("cub200", opt)["training"], opt
+            return datasets.select("cub200", opt, architectures.input_config(opt.arch))["training"], opt
 
         rows = []
         configs = [

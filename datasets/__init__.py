@@ -1,16 +1,19 @@
-"""Datasets: ``splits = select(opt.dataset, opt)`` -> dict of :class:`SplitDataset` (see base.py).
+"""Datasets: ``splits = select(opt.dataset, opt, input_config)`` -> dict of :class:`SplitDataset`.
 
 ``digits`` is embedded (scikit-learn); ``cub200``, ``cars196``, ``online_products`` and ``inshop``
 read the study's or the official on-disk layout (detected automatically); ``folder`` and ``csv``
-take custom data. Each plugin's docstring gives its layouts, split sizes and deviations.
+take custom data. Each plugin's docstring gives its layouts, split sizes and deviations. A plugin
+is built with keyword-only context (``source_path``, ``split``, ``images``: see ``base.py``) and
+has no hyperparameter flags of its own; :func:`select` is the one place that reads the namespace.
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import Protocol
 
 from datasets import cars196, csv_dataset, cub200, digits, folder, inshop, online_products
-from datasets.base import SplitDataset
+from datasets.base import ImageOptions, SplitDataset, SplitOptions
 from utilities.registry import Registry
 
 REGISTRY = Registry("dataset", flag_prefix="data")
@@ -26,6 +29,31 @@ for _cls in (
     REGISTRY.add(_cls)
 
 
-def select(name: str, opt: argparse.Namespace) -> dict[str, SplitDataset]:
-    """The splits (training, evaluation, testing, optional validation) of dataset ``name``."""
-    return REGISTRY.get(name)(opt).splits()
+class InputSize(Protocol):
+    """What the datasets need to know of the backbone's input (``architectures.InputConfig``)."""
+
+    crop: int
+    resize: int
+
+
+def select(name: str, opt: argparse.Namespace, input_config: InputSize) -> dict[str, SplitDataset]:
+    """The splits (training, evaluation, testing, optional validation) of dataset ``name``.
+
+    ``input_config``: the backbone's crop size and evaluation resize."""
+    split = SplitOptions(
+        use_tv_split=opt.use_tv_split,
+        tv_split_perc=opt.tv_split_perc,
+        tv_split_by_samples=opt.tv_split_by_samples,
+        samples_per_class=opt.samples_per_class,
+        seed=opt.seed,
+    )
+    images = ImageOptions(
+        augmentation=opt.augmentation,
+        crop=input_config.crop,
+        resize=input_config.resize,
+        decode=opt.data_decode,
+        cache=opt.data_cache,
+        cache_size=opt.data_cache_size,
+        workers=opt.kernels,
+    )
+    return REGISTRY.build(name, opt, source_path=opt.source_path, split=split, images=images).splits()

@@ -1,6 +1,7 @@
-"""Shared dataset machinery: the split container, label re-indexing, train/validation splits.
+"""Shared dataset machinery: the split container, label re-indexing, train/validation splits, the
+options every plugin receives, and the scaffold of the on-disk image datasets.
 
-Every dataset plugin returns a dict of splits (DESIGN.md §3):
+Every dataset plugin returns a dict of splits:
 
 * ``training``: training classes, training transforms (what the batch sampler draws from);
 * ``evaluation``: training classes, evaluation transforms (train-set metrics, sampler storage);
@@ -10,20 +11,55 @@ Every dataset plugin returns a dict of splits (DESIGN.md §3):
 Each split is a :class:`SplitDataset` whose items are ``(image, label, index)`` and whose
 ``labels`` are re-indexed to 0..C-1 **per split**. A split may carry ``is_query`` / ``is_gallery``
 boolean masks (query/gallery protocol, e.g. In-Shop); without them evaluation is leave-one-out.
+
+Plugins take their context keyword-only: ``source_path`` (str), ``split`` (:class:`SplitOptions`)
+and ``images`` (:class:`ImageOptions`), each only if it uses it; ``datasets.select`` builds them
+from the command line.
 """
 
 from __future__ import annotations
 
+import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from datasets.images import IMAGE_EXTENSIONS, FileReader, ImageCache, check_files_exist
+from datasets.transforms import build_transforms
 from utilities.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SplitOptions:
+    """How the training set is split and checked (``--use_tv_split``, ``--tv_split_perc``,
+    ``--tv_split_by_samples``, ``--samples_per_class``, ``--seed``)."""
+
+    use_tv_split: bool
+    tv_split_perc: float
+    tv_split_by_samples: bool
+    samples_per_class: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """How image files are read and transformed: ``augmentation`` (``--augmentation``), the
+    backbone's ``crop`` and evaluation ``resize``, ``decode`` (``--data_decode``), ``cache`` and
+    ``cache_size`` (``--data_cache``, ``--data_cache_size``) and the ``workers`` that build the
+    cache (``--kernels``)."""
+
+    augmentation: str
+    crop: int
+    resize: int
+    decode: Literal["reduced", "full"]
+    cache: str
+    cache_size: int
+    workers: int
 
 
 def reindex(labels: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -128,14 +164,15 @@ def train_val_masks(
 def make_splits(
     train: SplitDataset,
     test: SplitDataset,
-    train_transform,
-    eval_transform,
-    opt,
+    train_transform: Callable[[Any], torch.Tensor] | None,
+    eval_transform: Callable[[Any], torch.Tensor] | None,
+    split: SplitOptions,
+    dataset: str,
     *,
     groups: np.ndarray | None = None,
     validation: SplitDataset | None = None,
 ) -> dict[str, SplitDataset]:
-    """Assemble the split dict from full train/test sets (applies ``--use_tv_split``).
+    """Assemble the split dict of ``dataset`` from full train/test sets (applies ``--use_tv_split``).
 
     ``groups``: per-training-sample super-class ids for a class split within super-classes;
     ``validation``: a validation set given by the dataset itself (the ``csv`` plugin), used
@@ -144,9 +181,9 @@ def make_splits(
     if validation is not None:
         validation.transform, validation.name = eval_transform, "validation"
         splits["validation"] = validation
-    elif opt.use_tv_split:
+    elif split.use_tv_split:
         tr, va = train_val_masks(
-            train.labels.numpy(), opt.tv_split_perc, opt.tv_split_by_samples, opt.seed, groups
+            train.labels.numpy(), split.tv_split_perc, split.tv_split_by_samples, split.seed, groups
         )
         splits["validation"] = train.subset(va, eval_transform, name="validation")
         train = train.subset(tr, name="training")
@@ -154,7 +191,7 @@ def make_splits(
     splits["evaluation"] = train.subset(np.ones(len(train), bool), eval_transform, name="evaluation")
     splits["testing"] = test
     test.transform, test.name = eval_transform, "testing"
-    report_small_classes(splits["training"].labels.numpy(), getattr(opt, "samples_per_class", 1), opt.dataset)
+    report_small_classes(splits["training"].labels.numpy(), split.samples_per_class, dataset)
     return splits
 
 
@@ -212,8 +249,10 @@ class ImageDataset:
     name = ""
     layouts: dict[str, str] = {}
 
-    def __init__(self, opt) -> None:
-        self.opt = opt
+    def __init__(self, *, source_path: str, split: SplitOptions, images: ImageOptions) -> None:
+        self.source_path = Path(source_path).expanduser()
+        self.split = split
+        self.images = images
 
     def detect(self, root: Path) -> str | None:
         raise NotImplementedError
@@ -222,8 +261,7 @@ class ImageDataset:
         raise NotImplementedError
 
     def candidates(self) -> list[Path]:
-        source = Path(self.opt.source_path).expanduser()
-        return [source / self.name, source]
+        return [self.source_path / self.name, self.source_path]
 
     def locate(self) -> tuple[Path, str]:
         for root in self.candidates():
@@ -244,7 +282,50 @@ class ImageDataset:
         return listing
 
     def splits(self) -> dict[str, SplitDataset]:
-        return image_splits(self.listing(), self.opt, self.name)
+        """SplitDatasets over the listed image files: reader (files or ``--data_cache``), the
+        transforms for ``--augmentation`` and the backbone's crop, and the split dict."""
+        listing, cfg = self.listing(), self.images
+        val_paths = listing.val_paths or []
+        all_paths = listing.train_paths + listing.test_paths + val_paths
+        check_files_exist(all_paths, self.name)
+        for part, paths in (("training", listing.train_paths), ("test", listing.test_paths)):
+            if not paths:
+                raise ConfigError(f"{self.name}: the {part} split is empty ({listing.layout} layout)")
+        train_tf, eval_tf = build_transforms(
+            cfg.augmentation, cfg.crop, cfg.resize, draft=cfg.decode == "reduced"
+        )
+        reader: Callable[[str], Any] = FileReader()
+        if cfg.cache:
+            if cfg.cache_size < cfg.resize:
+                raise ConfigError(
+                    f"--data_cache_size {cfg.cache_size} is smaller than the evaluation resize {cfg.resize}"
+                )
+            reader = ImageCache(cfg.cache, all_paths, cfg.cache_size, name=self.name, workers=cfg.workers)
+        train = SplitDataset(listing.train_paths, listing.train_labels, reader, name="training")
+        test = SplitDataset(
+            listing.test_paths,
+            listing.test_labels,
+            reader,
+            is_query=listing.test_is_query,
+            is_gallery=listing.test_is_gallery,
+            name="testing",
+        )
+        validation = None
+        if val_paths:
+            validation = SplitDataset(val_paths, listing.val_labels, reader, name="validation")
+        return make_splits(
+            train,
+            test,
+            train_tf,
+            eval_tf,
+            self.split,
+            self.name,
+            groups=listing.train_groups,
+            validation=validation,
+        )
+
+
+# ---- helpers of the on-disk layouts -------------------------------------------------------------
 
 
 def require_file(path: Path, dataset: str, layout: str) -> Path:
@@ -272,41 +353,46 @@ def read_table(path: Path, n_columns: int, dataset: str, skip: int = 0) -> list[
     return rows
 
 
-def image_splits(listing: Listing, opt, dataset: str) -> dict[str, SplitDataset]:
-    """SplitDatasets over image files: reader (files or ``--data_cache``), the transforms for
-    ``--augmentation`` and the backbone's crop/normalisation, and the split dict."""
-    import architectures
-    from datasets.images import FileReader, ImageCache, check_files_exist
-    from datasets.transforms import build_transforms
+def subfolders(root: Path) -> list[Path]:
+    """The sub-folders of ``root``, sorted by name, hidden ones (``.*``, macOS ``._*``) skipped."""
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
-    val_paths = listing.val_paths or []
-    all_paths = listing.train_paths + listing.test_paths + val_paths
-    check_files_exist(all_paths, dataset)
-    for split, paths in (("training", listing.train_paths), ("test", listing.test_paths)):
-        if not paths:
-            raise ConfigError(f"{dataset}: the {split} split is empty ({listing.layout} layout)")
-    cfg = architectures.input_config(opt.arch)
-    train_tf, eval_tf = build_transforms(
-        opt.augmentation, cfg.crop, cfg.resize, draft=getattr(opt, "data_decode", "reduced") == "reduced"
+
+def list_images(folder: Path) -> list[str]:
+    """The image files directly in ``folder`` (by extension, any case), sorted, hidden ones skipped."""
+    return sorted(
+        str(p)
+        for p in folder.iterdir()
+        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
     )
-    reader: Callable[[str], Any] = FileReader()
-    if getattr(opt, "data_cache", ""):
-        size = getattr(opt, "data_cache_size", 256)
-        if size < cfg.resize:
-            raise ConfigError(f"--data_cache_size {size} is smaller than the evaluation resize {cfg.resize}")
-        reader = ImageCache(opt.data_cache, all_paths, size, name=dataset, workers=getattr(opt, "kernels", 0))
-    train = SplitDataset(listing.train_paths, listing.train_labels, reader, name="training")
-    test = SplitDataset(
-        listing.test_paths,
-        listing.test_labels,
-        reader,
-        is_query=listing.test_is_query,
-        is_gallery=listing.test_is_gallery,
-        name="testing",
-    )
-    validation = None
-    if val_paths:
-        validation = SplitDataset(val_paths, listing.val_labels, reader, name="validation")
-    return make_splits(
-        train, test, train_tf, eval_tf, opt, groups=listing.train_groups, validation=validation
-    )
+
+
+def numbered_class_folders(images: Path, dataset: str) -> list[tuple[int, Path]]:
+    """(class id, folder) for folders named ``<number>.<name>`` (or ``<number>_<name>``)."""
+    out = []
+    for folder in subfolders(images):
+        match = re.match(r"^(\d+)[._ -]?", folder.name)
+        if match is None:
+            raise ConfigError(
+                f"{dataset}: class folder {folder} does not start with its class number (expected NNN.Class_Name)"
+            )
+        out.append((int(match.group(1)), folder))
+    return out
+
+
+def images_of_classes(classes: Iterable[tuple[Any, Path]]) -> tuple[list[str], np.ndarray]:
+    """(image paths, one class label per image) for ``(label, folder)`` pairs."""
+    paths: list[str] = []
+    labels: list[Any] = []
+    for label, folder in classes:
+        files = list_images(folder)
+        paths += files
+        labels += [label] * len(files)
+    return paths, np.asarray(labels)
+
+
+def split_by_class_id(paths: list[str], ids: np.ndarray, n_train_classes: int) -> Listing:
+    """The zero-shot split: class ids ``1..n_train_classes`` train, the higher ids test."""
+    train = ids <= n_train_classes
+    p = np.asarray(paths, dtype=object)
+    return Listing(list(p[train]), ids[train], list(p[~train]), ids[~train])

@@ -23,9 +23,16 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import scipy.io
 
-from datasets.base import ImageDataset, Listing, require_file
-from datasets.cub200 import list_images, split_by_class_id
+from datasets.base import (
+    ImageDataset,
+    Listing,
+    images_of_classes,
+    require_file,
+    split_by_class_id,
+    subfolders,
+)
 from utilities.errors import ConfigError
 
 N_TRAIN_CLASSES = 98
@@ -36,8 +43,6 @@ def _norm(name: str) -> str:
 
 
 def load_mat(path: Path, dataset: str) -> dict:
-    import scipy.io
-
     try:
         return scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=True)
     except Exception as err:
@@ -78,22 +83,14 @@ class Cars196(ImageDataset):
                 raise ConfigError(f"{self.name}: cars_annos.mat annotations lack a field ({err})") from None
             paths = [str(root / p) for p in rel]
         else:
-            folders = sorted(
-                p for p in (root / "images").iterdir() if p.is_dir() and not p.name.startswith("._")
-            )
+            folders = subfolders(root / "images")
             class_ids = self._folder_class_ids(root, [f.name for f in folders])
-            paths, id_list = [], []
-            for class_id, folder in zip(class_ids, folders, strict=True):
-                files = list_images(folder)
-                paths += files
-                id_list += [class_id] * len(files)
-            ids = np.asarray(id_list)
+            paths, ids = images_of_classes(zip(class_ids, folders, strict=True))
             if not paths:
                 raise ConfigError(
                     f"{self.name}: no images under {root / 'images'} (expected {self.layouts['study']})"
                 )
-        train_p, train_y, test_p, test_y = split_by_class_id(paths, ids, N_TRAIN_CLASSES)
-        return Listing(train_p, train_y, test_p, test_y)
+        return split_by_class_id(paths, ids, N_TRAIN_CLASSES)
 
     def _folder_class_ids(self, root: Path, names: list[str]) -> list[int]:
         numbers = [re.match(r"^(\d+)(?:[._ -]|$)", n) for n in names]

@@ -46,13 +46,11 @@ class CSVDataset(ImageDataset):
     }
 
     def candidates(self) -> list[Path]:
-        source = Path(self.opt.source_path).expanduser()
-        return [source] if source.is_file() else super().candidates()
+        return [self.source_path] if self.source_path.is_file() else super().candidates()
 
     def locate(self) -> tuple[Path, str]:
-        source = Path(self.opt.source_path).expanduser()
-        if source.is_file():
-            return source, "file"
+        if self.source_path.is_file():
+            return self.source_path, "file"
         for root in super().candidates():
             if root.is_dir():
                 found = (

@@ -16,45 +16,22 @@ Layouts (found automatically under ``<source_path>/cub200`` or ``<source_path>``
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 
-from datasets.base import ImageDataset, Listing, read_table, require_file
-from datasets.images import IMAGE_EXTENSIONS
+from datasets.base import (
+    ImageDataset,
+    Listing,
+    images_of_classes,
+    numbered_class_folders,
+    read_table,
+    require_file,
+    split_by_class_id,
+)
 from utilities.errors import ConfigError
 
 N_TRAIN_CLASSES = 100
-
-
-def list_class_folders(images: Path, dataset: str) -> list[tuple[int, Path]]:
-    """(class id, folder) for folders named ``<number>.<name>`` (or ``<number>_<name>``)."""
-    out = []
-    for folder in sorted(p for p in images.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        match = re.match(r"^(\d+)[._ -]?", folder.name)
-        if match is None:
-            raise ConfigError(
-                f"{dataset}: class folder {folder} does not start with its class number (expected NNN.Class_Name)"
-            )
-        out.append((int(match.group(1)), folder))
-    return out
-
-
-def list_images(folder: Path) -> list[str]:
-    return sorted(
-        str(p)
-        for p in folder.iterdir()
-        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
-    )
-
-
-def split_by_class_id(
-    paths: list[str], ids: np.ndarray, n_train_classes: int
-) -> tuple[list, np.ndarray, list, np.ndarray]:
-    train = ids <= n_train_classes
-    p = np.asarray(paths, dtype=object)
-    return list(p[train]), ids[train], list(p[~train]), ids[~train]
 
 
 class CUB200(ImageDataset):
@@ -76,28 +53,23 @@ class CUB200(ImageDataset):
 
     def read(self, root: Path, layout: str) -> Listing:
         if layout == "study":
-            paths, ids = [], []
-            for class_id, folder in list_class_folders(root / "images", self.name):
-                files = list_images(folder)
-                paths += files
-                ids += [class_id] * len(files)
+            paths, ids = images_of_classes(numbered_class_folders(root / "images", self.name))
             if not paths:
                 raise ConfigError(
                     f"{self.name}: no images under {root / 'images'} (expected {self.layouts['study']})"
                 )
-        else:
-            base = root if (root / "images.txt").is_file() else root / "CUB_200_2011"
-            what = "official CUB_200_2011 layout"
-            images = read_table(require_file(base / "images.txt", self.name, what), 2, self.name)
-            labels = read_table(require_file(base / "image_class_labels.txt", self.name, what), 2, self.name)
-            require_file(base / "classes.txt", self.name, what)
-            label_of = {row[0]: int(row[1]) for row in labels}
-            missing = [row[0] for row in images if row[0] not in label_of]
-            if missing:
-                raise ConfigError(
-                    f"{self.name}: image ids {missing[:5]} of images.txt have no class in image_class_labels.txt"
-                )
-            paths = [str(base / "images" / row[1]) for row in images]
-            ids = [label_of[row[0]] for row in images]
-        train_p, train_y, test_p, test_y = split_by_class_id(paths, np.asarray(ids), N_TRAIN_CLASSES)
-        return Listing(train_p, train_y, test_p, test_y)
+            return split_by_class_id(paths, ids, N_TRAIN_CLASSES)
+        base = root if (root / "images.txt").is_file() else root / "CUB_200_2011"
+        what = "official CUB_200_2011 layout"
+        images = read_table(require_file(base / "images.txt", self.name, what), 2, self.name)
+        labels = read_table(require_file(base / "image_class_labels.txt", self.name, what), 2, self.name)
+        require_file(base / "classes.txt", self.name, what)
+        label_of = {row[0]: int(row[1]) for row in labels}
+        missing = [row[0] for row in images if row[0] not in label_of]
+        if missing:
+            raise ConfigError(
+                f"{self.name}: image ids {missing[:5]} of images.txt have no class in image_class_labels.txt"
+            )
+        paths = [str(base / "images" / row[1]) for row in images]
+        ids = np.asarray([label_of[row[0]] for row in images])
+        return split_by_class_id(paths, ids, N_TRAIN_CLASSES)

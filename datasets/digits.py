@@ -3,18 +3,16 @@
 A zero-shot split like the real benchmarks: train on digits 0-4 (901 images), test on the unseen
 digits 5-9 (896 images). Images are scaled to [0, 1] and repeated to 3 channels, so any RGB
 backbone accepts them; training augmentation is a random ±1 pixel shift (zero padding, crop).
-Needs no download and no ``--source_path``; lets the whole pipeline run on a CPU in a minute.
+Needs no download and no ``--source_path``; lets the whole pipeline run on a CPU.
 """
 
 from __future__ import annotations
-
-import argparse
 
 import numpy as np
 import torch
 from sklearn.datasets import load_digits
 
-from datasets.base import SplitDataset, make_splits
+from datasets.base import SplitDataset, SplitOptions, make_splits
 
 
 def _random_shift(image: torch.Tensor) -> torch.Tensor:
@@ -29,8 +27,8 @@ class Digits:
 
     name = "digits"
 
-    def __init__(self, opt: argparse.Namespace) -> None:
-        self.opt = opt
+    def __init__(self, *, split: SplitOptions) -> None:
+        self.split = split
 
     def splits(self) -> dict[str, SplitDataset]:
         data = load_digits()
@@ -44,4 +42,4 @@ class Digits:
 
         full_train = SplitDataset(list(np.flatnonzero(train)), labels[train], load, name="training")
         full_test = SplitDataset(list(np.flatnonzero(test)), labels[test], load, name="testing")
-        return make_splits(full_train, full_test, _random_shift, None, self.opt)
+        return make_splits(full_train, full_test, _random_shift, None, self.split, self.name)

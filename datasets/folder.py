@@ -17,18 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.base import ImageDataset, Listing
-from datasets.cub200 import list_images
+from datasets.base import ImageDataset, Listing, images_of_classes, list_images, subfolders
 from utilities.errors import ConfigError
 
 
 def read_class_folders(root: Path) -> tuple[list[str], np.ndarray]:
-    paths, labels = [], []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = list_images(folder)
-        paths += files
-        labels += [folder.name] * len(files)
-    return paths, np.asarray(labels)
+    """(image paths, class folder name per image) for ``<root>/<class>/*``."""
+    return images_of_classes((folder.name, folder) for folder in subfolders(root))
 
 
 class Folder(ImageDataset):
@@ -43,7 +38,7 @@ class Folder(ImageDataset):
     def detect(self, root: Path) -> str | None:
         if (root / "train").is_dir() and (root / "test").is_dir():
             return "split"
-        if any(list_images(p) for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if any(list_images(p) for p in subfolders(root)):
             return "flat"
         return None
 

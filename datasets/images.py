@@ -36,6 +36,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from datasets.transforms import UnreadableImageError, resize_shorter
+from utilities.errors import ConfigError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -61,8 +62,6 @@ def check_files_exist(paths: list[str], dataset: str) -> None:
     """Every listed image must exist: report the missing ones (how many, and the first few)."""
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
-        from utilities.errors import ConfigError
-
         raise ConfigError(
             f"{dataset}: {len(missing)} of {len(paths)} listed images are missing, e.g. {missing[:3]}"
         )

@@ -1,6 +1,6 @@
 """The study's augmentations (``--augmentation base|adv|big|red``), on a fast decode path.
 
-Semantics (reference §6; crop 224, 227 for GoogLeNet/BN-Inception, 256 with ``big``):
+Semantics (as in the study; crop 224, 227 for GoogLeNet/BN-Inception, 256 with ``big``):
 
 * ``base`` / ``big``: RandomResizedCrop(crop) (scale 0.08-1, ratio 3/4-4/3), RandomHorizontalFlip;
 * ``adv``: RandomResizedCrop, RandomGrayscale(0.2), ColorJitter(0.2, 0.2, 0.2, 0.2), flip;

@@ -14,8 +14,10 @@ from torch import nn
 
 import architectures
 from architectures.base import ArchSpec, EmbeddingNet, GlobalPool, autocast_dtype, parse_arch
+from architectures.smallcnn import SmallCNN
 from tests.conftest import requires_cuda
 from utilities.errors import ConfigError
+from utilities.training import train_one_epoch
 
 
 def opt(**kw) -> argparse.Namespace:
@@ -62,6 +64,44 @@ def test_bad_arch_names(arch):
 def test_unknown_backbone_lists_the_choices():
     with pytest.raises(ConfigError, match=r"resnet101.*smallcnn"):
         architectures.select("vgg16_normalize", opt())
+
+
+# ---- the plugin contract ---------------------------------------------------------------------------
+
+CONTEXT = ["spec", "embed_dim", "pretrained", "pretrained_path"]
+
+
+@pytest.mark.parametrize("name", architectures.REGISTRY.names())
+def test_backbones_take_only_explicit_context(name):
+    cls = architectures.REGISTRY.get(name)
+    assert issubclass(cls, EmbeddingNet)
+    assert architectures.REGISTRY.context(name) == CONTEXT
+    assert architectures.REGISTRY.hyperparameters(name) == []  # no --arch_* flags
+    spec = parse_arch("timm:resnet18" if name == "timm" else name)
+    assert cls.input_config_for(spec) == architectures.input_config(
+        "timm:resnet18" if name == "timm" else name
+    )
+
+
+def test_a_backbone_built_by_hand_equals_the_selected_one():
+    torch.manual_seed(4)
+    by_hand = SmallCNN(
+        spec=parse_arch("smallcnn_normalize"), embed_dim=16, pretrained=True, pretrained_path=""
+    )
+    torch.manual_seed(4)
+    selected = architectures.select("smallcnn_normalize", opt())
+    assert list(by_hand.state_dict()) == list(selected.state_dict())
+    for key, value in by_hand.state_dict().items():
+        assert torch.equal(value, selected.state_dict()[key]), key
+    with pytest.raises(TypeError):
+        SmallCNN(parse_arch("smallcnn"), 16, True, "")  # keyword-only
+
+
+def test_checkpoint_keys_are_backbone_and_head_only():
+    model = architectures.select("smallcnn_he", opt())
+    prefixes = {k.split(".")[0] for k in model.state_dict()}
+    assert prefixes == {"backbone", "last_linear"}
+    assert model.state_dict()["last_linear.weight"].shape == (16, 128)
 
 
 # ---- every backbone ------------------------------------------------------------------------------
@@ -266,6 +306,7 @@ def test_timm_vit_dino_shape():
     with torch.no_grad():
         z = model(torch.randint(0, 256, (1, 3, 224, 224), dtype=torch.uint8))
     assert z.shape == (1, 16)
+    assert torch.allclose(z.norm(dim=1), torch.ones(1), atol=1e-5)  # _normalize
 
 
 # ---- precision -------------------------------------------------------------------------------------
@@ -312,8 +353,6 @@ def test_channels_last_gives_the_same_embedding():
 
 @requires_cuda
 def test_fp16_training_step_on_cuda():
-    from utilities.training import train_one_epoch
-
     model = architectures.select("resnet18_normalize", opt(amp="fp16")).cuda()
     assert model.autocast_dtype("cuda") == torch.float16
     data = [

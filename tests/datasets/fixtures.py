@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import scipy.io
 from PIL import Image
 
 SIZE = (40, 30)  # width, height: small JPEGs, landscape like most of the real images
@@ -80,15 +81,20 @@ def make_cub_official(root: Path, per_class: int = PER_CLASS, nested: bool = Tru
     return _cub_expected(per_class)
 
 
-def _cub_expected(per_class: int) -> dict:
-    train = [c for c in CUB_CLASSES if c <= 100]
-    test = [c for c in CUB_CLASSES if c > 100]
+def _zero_shot_expected(class_ids, n_train_classes: int, per_class: int) -> dict:
+    """Expected counts when official ids ``1..n_train_classes`` train and the rest test."""
+    train = [c for c in class_ids if c <= n_train_classes]
+    test = [c for c in class_ids if c > n_train_classes]
     return {
         "train_classes": len(train),
         "test_classes": len(test),
         "train_images": len(train) * per_class,
         "test_images": len(test) * per_class,
     }
+
+
+def _cub_expected(per_class: int) -> dict:
+    return _zero_shot_expected(CUB_CLASSES, 100, per_class)
 
 
 # ---- CARS196 ------------------------------------------------------------------------------------
@@ -112,8 +118,6 @@ def _cars_names_array() -> np.ndarray:
 
 
 def make_cars_official(root: Path, per_class: int = PER_CLASS) -> dict:
-    import scipy.io
-
     base = root / "cars196"
     records = []
     n = 0
@@ -141,8 +145,6 @@ def make_cars_official(root: Path, per_class: int = PER_CLASS) -> dict:
 
 def make_cars_study(root: Path, per_class: int = PER_CLASS, with_meta: bool = True) -> dict:
     """``images/<class name>/``; with ``with_meta`` a ``cars_meta.mat`` gives the official ids."""
-    import scipy.io
-
     base = root / "cars196"
     for cid, name in CARS_CLASSES.items():
         _class_images(base / "images" / name, cid, per_class)
@@ -152,15 +154,8 @@ def make_cars_study(root: Path, per_class: int = PER_CLASS, with_meta: bool = Tr
 
 
 def _cars_expected(per_class: int) -> dict:
-    train = [c for c in CARS_CLASSES if c <= 98]
-    test = [c for c in CARS_CLASSES if c > 98]
-    return {
-        "train_classes": len(train),
-        "test_classes": len(test),
-        "train_images": len(train) * per_class,
-        "test_images": len(test) * per_class,
-        "train_names": {CARS_CLASSES[c] for c in train},
-    }
+    train_names = {name for c, name in CARS_CLASSES.items() if c <= 98}
+    return {**_zero_shot_expected(CARS_CLASSES, 98, per_class), "train_names": train_names}
 
 
 # ---- Stanford Online Products ---------------------------------------------------------------------

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import architectures
 import datasets
 import parameters
 from datasets.base import report_small_classes, train_val_masks
@@ -26,7 +27,8 @@ def make_opt(name: str, source: Path, *extra: str) -> argparse.Namespace:
 
 
 def load(name: str, source: Path, *extra: str) -> dict:
-    return datasets.select(name, make_opt(name, source, *extra))
+    opt = make_opt(name, source, *extra)
+    return datasets.select(name, opt, architectures.input_config(opt.arch))
 
 
 def folders_of(split) -> set[str]:

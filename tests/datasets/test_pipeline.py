@@ -98,6 +98,10 @@ def test_backbone_input_configs():
     assert timm_cfg.crop == 224 and timm_cfg.mean == pytest.approx((0.485, 0.456, 0.406))
 
 
+def select(name: str, opt: argparse.Namespace) -> dict:
+    return datasets.select(name, opt, architectures.input_config(opt.arch))
+
+
 def _opt(name: str, source: Path, *extra: str) -> argparse.Namespace:
     return parameters.parse(["--dataset", name, "--source_path", str(source), "--kernels", "0", *extra])
 
@@ -105,12 +109,10 @@ def _opt(name: str, source: Path, *extra: str) -> argparse.Namespace:
 def test_crop_follows_the_backbone(tmp_path):
     fx.make_cub_study(tmp_path)
     for arch, size in (("googlenet_normalize", 227), ("resnet18", 224)):
-        splits = datasets.select("cub200", _opt("cub200", tmp_path, "--arch", arch))
+        splits = select("cub200", _opt("cub200", tmp_path, "--arch", arch))
         assert splits["training"][0][0].shape == (3, size, size)
         assert splits["testing"][0][0].shape == (3, size, size)
-    splits = datasets.select(
-        "cub200", _opt("cub200", tmp_path, "--arch", "resnet18", "--augmentation", "big")
-    )
+    splits = select("cub200", _opt("cub200", tmp_path, "--arch", "resnet18", "--augmentation", "big"))
     assert splits["training"][0][0].shape == (3, 256, 256)
 
 
@@ -118,8 +120,8 @@ def test_cache_is_exact_for_evaluation_and_reused(tmp_path, monkeypatch):
     fx.make_cub_study(tmp_path, size=(80, 60))
     cache = tmp_path / "cache"
     args = ("--arch", "smallcnn", "--data_cache", str(cache), "--data_cache_size", "36")
-    plain = datasets.select("cub200", _opt("cub200", tmp_path, "--arch", "smallcnn"))
-    cached = datasets.select("cub200", _opt("cub200", tmp_path, *args))
+    plain = select("cub200", _opt("cub200", tmp_path, "--arch", "smallcnn"))
+    cached = select("cub200", _opt("cub200", tmp_path, *args))
     for i in range(len(plain["testing"])):
         assert torch.equal(plain["testing"][i][0], cached["testing"][i][0])
     torch.manual_seed(0)
@@ -130,19 +132,19 @@ def test_cache_is_exact_for_evaluation_and_reused(tmp_path, monkeypatch):
     assert (index[:, 1] == 36).all() and (index[:, 2] == 48).all()  # 80x60 -> shorter side 36
     builds = []
     monkeypatch.setattr(images_mod.ImageCache, "_build", lambda self, workers: builds.append(1))
-    datasets.select("cub200", _opt("cub200", tmp_path, *args))
+    select("cub200", _opt("cub200", tmp_path, *args))
     assert builds == []  # the second run reuses the cache
     # a changed image gives a new cache
     fx.write_jpeg(Path(plain["training"].samples[0]), 999)
     monkeypatch.undo()
-    datasets.select("cub200", _opt("cub200", tmp_path, *args))
+    select("cub200", _opt("cub200", tmp_path, *args))
     assert len([p for p in cache.iterdir() if not p.name.startswith(".")]) == 2
 
 
 def test_cache_smaller_than_eval_resize_is_refused(tmp_path):
     fx.make_cub_study(tmp_path)
     with pytest.raises(ConfigError, match="data_cache_size"):
-        datasets.select(
+        select(
             "cub200",
             _opt(
                 "cub200",
@@ -160,7 +162,7 @@ def test_cache_smaller_than_eval_resize_is_refused(tmp_path):
 def test_loader_workers_are_seeded(tmp_path):
     fx.make_cub_study(tmp_path)
     opt = _opt("cub200", tmp_path, "--arch", "smallcnn", "--kernels", "2", "--bs", "6")
-    split = datasets.select("cub200", opt)["training"]
+    split = select("cub200", opt)["training"]
     batches = []
     for seed in (5, 5, 6):
         sampler = torch.utils.data.BatchSampler(range(12), 6, drop_last=False)
@@ -172,9 +174,9 @@ def test_loader_workers_are_seeded(tmp_path):
 def test_cached_training_crops_match_the_file_crops(tmp_path):
     """Same seed -> same crop box and flip; only the resampler differs (torch vs PIL bilinear)."""
     fx.make_cub_study(tmp_path, size=(80, 60))
-    plain = datasets.select("cub200", _opt("cub200", tmp_path, "--arch", "smallcnn", "--data_decode", "full"))
+    plain = select("cub200", _opt("cub200", tmp_path, "--arch", "smallcnn", "--data_decode", "full"))
     # a cache larger than the images stores them unresized
-    cached = datasets.select(
+    cached = select(
         "cub200",
         _opt(
             "cub200",
