@@ -24,6 +24,9 @@ denominators, self-exclusion, ties) and its deviations from the reference.
 
 from __future__ import annotations
 
+import re
+import typing
+
 import torch
 
 from metrics import clustering, distances, retrieval, spectrum
@@ -55,7 +58,11 @@ for _cls in (
 
 
 def parse(name: str):
-    """``"e_recall@4"`` -> a metric object (clear error for unknown or malformed names)."""
+    """``"e_recall@4"`` -> a metric object (clear error for unknown or malformed names).
+
+    A metric class's keyword-only constructor takes at most one parameter (``k``, ``m``, ``mode``),
+    written after the ``@``; an ``int`` parameter is converted here, and the constructor rejects a
+    missing or malformed one with its own message."""
     family, _, param = name.partition("@")
     if name == "mAP@R":
         family, param = "mAP@R", ""
@@ -64,8 +71,18 @@ def parse(name: str):
             f"unknown metric '{name}'; families: {', '.join(REGISTRY.names())} "
             "(e.g. e_recall@1, precision@1, mAP@R, dists@intra, rho_spectrum@2)"
         )
+    cls = REGISTRY.get(family)
     try:
-        return REGISTRY.get(family)(param or None)
+        (*expected,) = REGISTRY.context(family)
+        if not expected:
+            if param:
+                raise ValueError(f"{family} takes no parameter")
+            return cls()
+        (key,) = expected
+        value: object = param or None
+        if typing.get_type_hints(cls.__init__).get(key) is int and param and re.fullmatch(r"-?\d+", param):
+            value = int(param)
+        return cls(**{key: value})
     except ValueError as err:
         raise ConfigError(f"bad metric '{name}': {err}") from None
 

@@ -132,10 +132,6 @@ def pair_f1(labels: np.ndarray, clusters: np.ndarray) -> float:
 class _Clustered:
     view = "euclidean"
 
-    def __init__(self, param: str | None) -> None:
-        if param is not None:
-            raise ValueError(f"{self.name} takes no parameter")
-
     def ranks_needed(self, ctx: EvalContext) -> int:
         return 0
 

@@ -50,10 +50,10 @@ class Dists:
 
     name = "dists"
 
-    def __init__(self, param: str | None) -> None:
-        if param not in MODES:
+    def __init__(self, *, mode: str) -> None:
+        if mode not in MODES:
             raise ValueError(f"dists needs one of @{', @'.join(MODES)}")
-        self.mode = param
+        self.mode = mode
 
     def ranks_needed(self, ctx: EvalContext) -> int:
         return 0

@@ -63,7 +63,7 @@ def auto_chunk(n_cols: int, chunk: int | None) -> int:
 
 def have_numba() -> bool:
     try:
-        import numba  # noqa: F401
+        import numba  # noqa: F401  (an import probe: is the optional kernel usable here?)
     except ImportError:
         return False
     return True
@@ -134,7 +134,7 @@ def relevant_ranks(
     g_sq = g.pow(2).sum(1)
     rows = auto_chunk(n_g, chunk)
     if backend == "numba":
-        from metrics import _rank_kernel
+        from metrics import _rank_kernel  # lazy: loading the numba kernel costs ~1 s per process
 
         _rank_kernel.run(
             x, query_idx, g, g_sq, members, start, stop, self_pos, out, rows, _distances, numba_mode

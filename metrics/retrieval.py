@@ -49,15 +49,10 @@ def _mean_over(values: torch.Tensor, valid: torch.Tensor) -> float:
     return values[valid].double().mean().item() if bool(valid.any()) else float("nan")
 
 
-def _positive_int(family: str, param: str | None) -> int:
-    if param is None or not param.isdigit() or int(param) < 1:
+def _positive_int(family: str, k: object) -> int:
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"{family} needs a positive integer k, e.g. {family}@1")
-    return int(param)
-
-
-def _no_param(family: str, param: str | None) -> None:
-    if param is not None:
-        raise ValueError(f"{family} takes no parameter")
+    return k
 
 
 def ap_from_ranks(ranks: torch.Tensor, cutoff: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
@@ -86,8 +81,8 @@ class Recall(_Ranked):
 
     name = "e_recall"
 
-    def __init__(self, param: str | None) -> None:
-        self.k = _positive_int(self.name, param)
+    def __init__(self, *, k: int) -> None:
+        self.k = _positive_int(self.name, k)
 
     def ranks_needed(self, ctx: EvalContext) -> int:
         return 1
@@ -111,8 +106,8 @@ class Precision(_Ranked):
 
     name = "precision"
 
-    def __init__(self, param: str | None) -> None:
-        self.k = _positive_int(self.name, param)
+    def __init__(self, *, k: int) -> None:
+        self.k = _positive_int(self.name, k)
 
     def ranks_needed(self, ctx: EvalContext) -> int:
         return self.k  # the k-th relevant item is the deepest that can rank within k
@@ -128,9 +123,6 @@ class RPrecision(_Ranked):
 
     name = "r_precision"
 
-    def __init__(self, param: str | None) -> None:
-        _no_param(self.name, param)
-
     def __call__(self, ctx: EvalContext) -> float:
         r = ctx.n_relevant
         hits = (ctx.ranks(self.view) <= r[:, None]).sum(1)
@@ -141,9 +133,6 @@ class MAPatR(_Ranked):
     """MAP@R (Musgrave et al. 2020), per-query mean over queries with R ≥ 1."""
 
     name = "mAP@R"
-
-    def __init__(self, param: str | None) -> None:
-        _no_param(self.name, param)
 
     def per_query(self, ctx: EvalContext) -> torch.Tensor:
         key = f"ap_at_r_{ctx.view(self.view)}"  # shared by mAP@R and mAP_c
@@ -177,9 +166,6 @@ class MAPatK(_Ranked):
     name = "mAP_1000"
     cutoff = 1000
 
-    def __init__(self, param: str | None) -> None:
-        _no_param(self.name, param)
-
     def ranks_needed(self, ctx: EvalContext) -> int:
         return self.cutoff  # relevant items after the K-th cannot rank within K
 
@@ -202,9 +188,6 @@ class MAP(_Ranked):
 
     name = "mAP"
 
-    def __init__(self, param: str | None) -> None:
-        _no_param(self.name, param)
-
     def __call__(self, ctx: EvalContext) -> float:
         r = ctx.n_relevant
         everything = torch.full_like(r, len(ctx.gallery_idx))
@@ -215,9 +198,6 @@ class MRR(_Ranked):
     """Mean reciprocal rank of the first relevant item; queries with R ≥ 1."""
 
     name = "mrr"
-
-    def __init__(self, param: str | None) -> None:
-        _no_param(self.name, param)
 
     def ranks_needed(self, ctx: EvalContext) -> int:
         return 1

@@ -38,13 +38,10 @@ class RhoSpectrum:
 
     name = "rho_spectrum"
 
-    def __init__(self, param: str | None) -> None:
-        try:
-            self.m = int(param) if param is not None else None
-        except ValueError:
-            self.m = None
-        if self.m is None:
+    def __init__(self, *, m: int) -> None:
+        if not isinstance(m, int) or isinstance(m, bool):
             raise ValueError("rho_spectrum needs an integer m, e.g. rho_spectrum@2 (0: the spectrum)")
+        self.m = m
 
     @property
     def returns_array(self) -> bool:

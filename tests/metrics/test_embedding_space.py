@@ -88,7 +88,7 @@ def test_rho_spectrum_edge_cases():
 
 
 def test_full_default_list_runs_and_each_shared_result_is_computed_once(monkeypatch):
-    import parameters
+    from evaluation.options import DEFAULT_METRICS
     from metrics import context, ranking
 
     calls = {"ranking": 0, "kmeans": 0}
@@ -107,8 +107,8 @@ def test_full_default_list_runs_and_each_shared_result_is_computed_once(monkeypa
     x, y = clustered(n_classes=10, dim=16, seed=3)  # D >= 10 for rho_spectrum@10
     x = torch.nn.functional.normalize(x, dim=1)  # unit norm: the cosine view shares the search
     timings: dict = {}
-    r = metrics.compute([*parameters.DEFAULT_METRICS, "c_recall@1"], x, y, timings=timings)
-    assert set(r) == {*parameters.DEFAULT_METRICS, "c_recall@1"}
+    r = metrics.compute([*DEFAULT_METRICS, "c_recall@1"], x, y, timings=timings)
+    assert set(r) == {*DEFAULT_METRICS, "c_recall@1"}
     assert calls == {"ranking": 1, "kmeans": 1}
     assert {"ranking", "kmeans", "svd"} <= set(timings)
     assert all(isinstance(v, float) and not math.isnan(v) for k, v in r.items() if k != "rho_spectrum@0")
