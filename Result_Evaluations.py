@@ -133,7 +133,7 @@ def load_wandb_runs(project: str, api: Any = None) -> list[Run]:
     ``scan_history()`` works, which is how this is tested offline.
     """
     if api is None:
-        import wandb
+        import wandb  # only for --wandb_project: a slow import the local path never pays
 
         api = wandb.Api()
     runs = []
@@ -353,14 +353,14 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 def colour(name: str) -> tuple[float, float, float, float]:
     """A method's colour: a fixed function of its name (the same in every figure and every call)."""
-    import matplotlib
+    import matplotlib  # lazy: the table-only path does not pay for matplotlib
 
     return matplotlib.colormaps["tab20"](zlib.crc32(name.encode()) % 20)
 
 
 def make_figures(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     """The study's figures from the ``selected`` rows; returns the written files."""
-    import matplotlib
+    import matplotlib  # lazy, and the Agg backend must be chosen before pyplot is imported
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -1,6 +1,6 @@
 """Train and evaluate one deep-metric-learning run (flags: ``python main.py --help``).
 
-parse -> seed -> data -> sampler -> model -> miner -> criterion -> optimiser -> logger ->
+parse -> seed -> data -> sampler -> miner -> criterion -> model -> optimiser -> logger ->
 for each epoch: train, evaluate (test; validation; train unless --no_train_metrics), log,
 checkpoint -> summary.json. Configuration errors end with one line on stderr and exit code 2.
 """
@@ -8,13 +8,14 @@ checkpoint -> summary.json. Configuration errors end with one line on stderr and
 from __future__ import annotations
 
 import os
-import sys
-import time
-from pathlib import Path
 
 # MKL may otherwise use fewer BLAS threads on a loaded machine, which changes float summation order
 # and breaks bit-exact reproduction and resume. Must be set before torch is imported.
 os.environ.setdefault("MKL_DYNAMIC", "FALSE")
+
+import logging
+import time
+from pathlib import Path
 
 import torch
 
@@ -23,17 +24,29 @@ import batch_mining
 import criteria
 import datasampler
 import datasets
-from evaluation import check_options, eval_options, evaluate_split, format_results, should_evaluate
-from evaluation.selection import improved, selection_split
-from utilities import checkpoint, run_state
-from utilities.errors import ConfigError
+import parameters
+from evaluation import (
+    check_options,
+    embed,
+    evaluate_checkpoint,
+    evaluate_splits,
+    format_results,
+    should_evaluate,
+)
+from evaluation.selection import improved, selection_split, summary
+from utilities import checkpoint
+from utilities.cli import run_entry_point, setup_logging
+from utilities.faults import kill_point, train_iterable
 from utilities.logger import RunLogger, public_args
-from utilities.seeding import resolve_device, seed_everything
+from utilities.seeding import GeneratorState, GlobalRNG, resolve_device, seed_everything
 from utilities.training import build_optimizer, build_scheduler, make_loader, train_one_epoch
+
+log = logging.getLogger("main")
 
 
 def main(argv: list[str] | None = None) -> dict:
-    opt, state = run_state.parse(argv)  # --resume / --evaluate_only: the stored run's flags + checkpoint
+    setup_logging()
+    opt, state = parameters.parse_run(argv)  # --resume / --evaluate_only: stored flags + checkpoint
     wall_start = time.time()
     seed_everything(opt.seed)
     device = resolve_device(opt.device, opt.gpu)
@@ -41,94 +54,84 @@ def main(argv: list[str] | None = None) -> dict:
     check_options(opt, metric_device)
 
     # ---- data ---------------------------------------------------------------------------------
-    splits = datasets.select(opt.dataset, opt)
-    opt.n_classes = splits["training"].n_classes
-    sampler = datasampler.select(opt.data_sampler, opt, splits["training"].labels)
-    train_loader = make_loader(splits["training"], opt, batch_sampler=sampler, seed=opt.seed)
+    splits = datasets.select(opt.dataset, opt, architectures.input_config(opt.arch))
+    train_set, n_classes = splits["training"], splits["training"].n_classes
+    sampler = datasampler.select(opt.data_sampler, opt, train_set.labels)
+    train_loader = make_loader(train_set, opt, batch_sampler=sampler, seed=opt.seed)
     eval_names = ["testing", "validation"] + ([] if opt.no_train_metrics else ["evaluation"])
     eval_loaders = {s: make_loader(splits[s], opt) for s in eval_names if s in splits}
 
     # ---- miner, loss (before the model: a bad combination fails before any weight download) ------
     batchminer = batch_mining.select(opt.batch_mining, opt) if criteria.requires_miner(opt.loss) else None
-    criterion = criteria.select(opt.loss, opt, batchminer).to(device)
+    criterion = criteria.select(opt.loss, opt, n_classes=n_classes, batchminer=batchminer).to(device)
 
-    # ---- model, optimiser -----------------------------------------------------------------------
+    # ---- model, optimiser, state ----------------------------------------------------------------
     model = architectures.select(opt.arch, opt).to(device)
     if opt.evaluate_only:
-        return run_state.evaluate_checkpoint(model, state, eval_loaders, opt, device, metric_device)
+        return evaluate_checkpoint(model, state, eval_loaders, opt, device, metric_device, RunLogger(opt))
     optimizer = build_optimizer(model, criterion, opt)
     scheduler = build_scheduler(optimizer, opt)
-    if getattr(sampler, "requires_storage", False):
-        sampler.init_storage(lambda: _embed_training_set(model, splits["evaluation"], opt, device))
-
+    parts = {  # every stateful object of the run, each saved by itself; the process RNGs last
+        "model": model,
+        "criterion": criterion,  # holds the batch miner and its generators
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "sampler": sampler,
+        "loader_generator": GeneratorState(train_loader.generator),
+        "rng": GlobalRNG(),
+    }
+    history: dict[str, list[dict | None]] = {s: [] for s in eval_loaders}
+    best_epoch, start_epoch, wall_before = None, 0, 0.0
+    if state is not None:  # --resume: continue after the last completed epoch
+        checkpoint.restore(state, parts)
+        history, best_epoch, wall_before = state["history"], state["best_epoch"], state["wall_time"]
+        start_epoch = state["epoch"] + 1
+    sampler.init_storage(lambda: embed(model, make_loader(splits["evaluation"], opt), device)[0])
     logger = RunLogger(opt, Path(opt.resume) if opt.resume else None, resume=bool(opt.resume))
-    select_on = selection_split(list(eval_loaders))
-    select_metric = opt.storage_metrics[0]
-    print(f"Run folder: {logger.folder}")
-    print(
-        f"{opt.dataset}: {len(splits['training'])} training images, {opt.n_classes} classes | "
-        f"loss {opt.loss} | miner {opt.batch_mining if batchminer else '-'} | arch {opt.arch} | "
+    if state is not None:
+        logger.restore(state["rows"])
+        log.info(f"Resumed after epoch {state['epoch']}")
+    select_on, select_metric = selection_split(list(eval_loaders)), opt.storage_metrics[0]
+    log.info(f"Run folder: {logger.folder}")
+    log.info(
+        f"{opt.dataset}: {len(train_set)} training images, {n_classes} classes | loss {opt.loss} | "
+        f"miner {opt.batch_mining if batchminer else '-'} | arch {opt.arch} | "
         f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters | {device}"
     )
 
     # ---- train ------------------------------------------------------------------------------------
-    history: dict[str, list[dict]] = {s: [] for s in eval_loaders}
-    best_epoch, start_epoch, wall_before = None, 0, 0.0
-    parts = {
-        "model": model,
-        "criterion": criterion,
-        "optimizer": optimizer,
-        "scheduler": scheduler,
-        "sampler": sampler,
-        "batchminer": batchminer,
-        "train_loader": train_loader,
-    }
-    if state is not None:  # --resume: continue after the last completed epoch (see utilities/run_state)
-        run_state.restore_training_state(state, **parts)
-        history, best_epoch, wall_before = state["history"], state["best_epoch"], state["wall_time"]
-        start_epoch = state["epoch"] + 1
-        logger.restore(state["rows"])
-        print(f"Resumed after epoch {state['epoch']}")
     for epoch in range(start_epoch, opt.n_epochs):
         stats = train_one_epoch(
             model,
             criterion,
-            run_state.train_iterable(train_loader, epoch),
+            train_iterable(train_loader, epoch),
             optimizer,
             device,
             epoch=epoch,
-            batchminer=batchminer,
             sampler=sampler,
             progress=not opt.no_progress,
         )
         logger.log(epoch, "training", stats)
+        due = [s for s in eval_loaders if should_evaluate(s, epoch, opt)]
+        results = evaluate_splits(
+            model, eval_loaders, opt, device, metric_device, folder=logger.folder, epoch=epoch, only=due
+        )
         line = [f"Epoch {epoch}: loss {stats['loss']:.4f} ({stats['train_time']:.1f}s)"]
-        for split, loader in eval_loaders.items():
-            if not should_evaluate(split, epoch, opt):  # --train_eval_every: None keeps history per epoch
-                history[split].append(None)
-                continue
-            results = evaluate_split(
-                model,
-                loader,
-                opt.evaluation_metrics,
-                device,
-                seed=opt.seed,
-                metric_device=metric_device,
-                **eval_options(opt, split, logger.folder, epoch),
-            )
-            history[split].append(results)
-            logger.log(epoch, split, results)
-            line.append(f"{split}: " + format_results(results, opt.evaluation_metrics))
-        print(" | ".join(line))
+        for split, res in results.items():
+            history[split].append(res)  # None for a skipped split keeps the history per epoch
+            if res is not None:
+                logger.log(epoch, split, res)
+                line.append(f"{split}: " + format_results(res, opt.evaluation_metrics))
+        log.info(" | ".join(line))
         scheduler.step()
-        run_state.kill_point(f"logged:{epoch}")
+        kill_point(f"logged:{epoch}")
 
         scores = [r.get(select_metric) for r in history[select_on]]
         if improved(scores[:-1], scores[-1]):
             best_epoch = epoch
-        state = run_state.training_state(
+        saved = checkpoint.gather(
+            parts,
             epoch=epoch,
-            **parts,
             rows=logger.rows,
             history=history,
             best_epoch=best_epoch,
@@ -136,47 +139,28 @@ def main(argv: list[str] | None = None) -> dict:
             args=public_args(opt),
         )
         if best_epoch == epoch:  # best before last: a crash in between redoes this epoch and rewrites both
-            checkpoint.save_atomic(state, logger.folder / "checkpoint_best.pt")
-        checkpoint.save_atomic(state, logger.folder / "checkpoint_last.pt")
-        run_state.kill_point(f"saved:{epoch}")
+            checkpoint.save_atomic(saved, logger.folder / "checkpoint_best.pt")
+        checkpoint.save_atomic(saved, logger.folder / "checkpoint_last.pt")
+        kill_point(f"saved:{epoch}")
 
     # ---- summary ----------------------------------------------------------------------------------
-    summary = {
-        "selected_epoch": best_epoch,
-        "selection_split": select_on,
-        "selection_metric": select_metric,
-        "selected_on_test_split": select_on == "testing",
-        "note": (
-            "epoch selected on the TEST split (no --use_tv_split): test metrics are optimistic"
-            if select_on == "testing"
-            else "epoch selected on the validation split"
-        ),
-        "metrics": {s: h[best_epoch] if best_epoch is not None else None for s, h in history.items()},
-        "wall_time": wall_before + time.time() - wall_start,
-        "n_epochs": opt.n_epochs,
-    }
-    logger.summary(summary)
+    result = summary(
+        history,
+        best_epoch,
+        select_on,
+        select_metric,
+        wall_time=wall_before + time.time() - wall_start,
+        n_epochs=opt.n_epochs,
+    )
+    logger.summary(result)
     if best_epoch is not None:
-        best = summary["metrics"]["testing"]
-        print(
-            f"Selected epoch {best_epoch} on {select_on} {select_metric}; testing: "
-            + format_results(best, opt.evaluation_metrics)
-        )
-    return summary
-
-
-def _embed_training_set(model, dataset, opt, device):
-    from evaluation import embed
-
-    return embed(model, make_loader(dataset, opt), device)[0]
+        best = format_results(result["metrics"]["testing"], opt.evaluation_metrics)
+        log.info(f"Selected epoch {best_epoch} on {select_on} {select_metric}; testing: {best}")
+    return result
 
 
 def cli() -> None:
-    try:
-        main()
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_entry_point(main)
 
 
 if __name__ == "__main__":

@@ -1,50 +1,33 @@
-"""The command line: global flag groups here, plugin flags contributed by the registries.
+"""The command line of ``main.py``: global flag groups here, plugin flags from the registries.
 
 Flag names and defaults follow the reference study (``--loss``, ``--batch_mining``, ``--bs``,
-``--loss_margin_beta``, ...), so its command lines run unchanged; ``--source`` still works as an
-abbreviation of ``--source_path``. Plugins declare their own hyperparameters next to their code
-(a dataclass per plugin, see ``utilities/registry.py``); each registry adds one argument group per
-plugin, so ``python main.py --help`` lists them grouped.
+``--loss_margin_beta``, ...), so its command lines run unchanged; a study command line's --source still works as an
+abbreviation of ``--source_path``. Plugins declare their hyperparameters in their constructor's
+signature (see ``utilities/registry.py``); each registry adds one argument group per plugin, so
+``python main.py --help`` lists them grouped. The evaluation flags are shared with
+``python -m evaluation`` (``evaluation/options.py``).
+
+:func:`parse_run` also resolves ``--resume`` (the stored run's flags + its last checkpoint) and
+``--evaluate_only`` (a checkpoint's run flags, explicit flags taking precedence).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+from pathlib import Path
+from typing import Any
 
-DEFAULT_METRICS = [  # the study's default list (mAP variants fixed, see metrics/) + MAP@R family
-    "e_recall@1",
-    "e_recall@2",
-    "e_recall@4",
-    "nmi",
-    "f1",
-    "mAP_1000",
-    "mAP_lim",
-    "mAP_c",
-    "dists@intra",
-    "dists@inter",
-    "dists@intra_over_inter",
-    "rho_spectrum@0",
-    "rho_spectrum@-1",
-    "rho_spectrum@1",
-    "rho_spectrum@2",
-    "rho_spectrum@10",
-    "mAP@R",
-    "r_precision",
-    "precision@1",
-]
-
-
-def metric_name(name: str) -> str:
-    """argparse type of --evaluation_metrics: an unknown metric fails at parse time, not after an epoch."""
-    import metrics
-    from utilities.errors import ConfigError
-
-    try:
-        metrics.parse(name)
-    except ConfigError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-    return name
+import architectures
+import batch_mining
+import criteria
+import datasampler
+import datasets
+from evaluation.options import add_evaluation_args, add_setup_args, metric_name
+from utilities import checkpoint
+from utilities.cli import explicit_flags, stored_namespace
+from utilities.errors import ConfigError
 
 
 def basic_training_parameters(parser: argparse.ArgumentParser) -> None:
@@ -104,7 +87,6 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--n_epochs", type=int, default=150)
     train.add_argument("--kernels", type=int, default=6, help="DataLoader worker processes")
     train.add_argument("--bs", type=int, default=112, help="batch size")
-    train.add_argument("--seed", type=int, default=1)
     train.add_argument(
         "--scheduler",
         default="step",
@@ -147,13 +129,7 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> None:
     net.add_argument("--channels_last", action="store_true", help="NHWC memory format for the backbone")
 
     ev = parser.add_argument_group("evaluation")
-    ev.add_argument(
-        "--evaluation_metrics",
-        nargs="+",
-        type=metric_name,
-        default=DEFAULT_METRICS,
-        help="metrics computed per split (<family>[@param], see metrics/)",
-    )
+    add_evaluation_args(ev)
     ev.add_argument(
         "--storage_metrics",
         nargs="+",
@@ -176,22 +152,9 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write <run>/embeddings_<split>.npz at every evaluation (for python -m evaluation)",
     )
-    ev.add_argument(
-        "--eval_backend",
-        default="auto",
-        choices=["auto", "numba", "torch"],
-        help="ranking-pass backend: auto = numba on CPU, torch on CUDA (same numbers, see metrics/ranking.py)",
-    )
-    ev.add_argument(
-        "--eval_chunk",
-        type=int,
-        default=0,
-        help="query rows per distance block of the ranking pass (0: ~16 MB blocks)",
-    )
 
     setup = parser.add_argument_group("setup")
-    setup.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    setup.add_argument("--gpu", type=int, nargs="+", default=[0], help="CUDA device id (the first is used)")
+    add_setup_args(setup)
     setup.add_argument(
         "--savename",
         default="group_plus_seed",
@@ -226,19 +189,20 @@ def wandb_parameters(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import architectures
-    import batch_mining
-    import criteria
-    import datasampler
-    import datasets
-
     parser = argparse.ArgumentParser(
         description="Deep metric learning benchmark (Revisiting DML, ICML 2020, corrected).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     basic_training_parameters(parser)
     wandb_parameters(parser)
-    for registry in (criteria.REGISTRY, batch_mining.REGISTRY, datasampler.REGISTRY, datasets.REGISTRY):
+    for registry in (
+        criteria.REGISTRY,
+        criteria.WRAPPERS,
+        batch_mining.REGISTRY,
+        datasampler.REGISTRY,
+        datasets.REGISTRY,
+        architectures.REGISTRY,
+    ):
         registry.add_args(parser)
     choices = {
         "loss": criteria.REGISTRY,
@@ -255,3 +219,80 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
+
+
+# ---- --resume / --evaluate_only --------------------------------------------------------------------
+
+# Runtime flags that may differ when a run is resumed; any other explicit flag would silently change
+# the experiment and is refused.
+RESUME_OVERRIDABLE = {
+    "resume",
+    "device",
+    "gpu",
+    "no_progress",
+    "n_epochs",
+    "log_online",
+    "evaluate_on_gpu",
+    "kernels",
+}
+# Flags that describe the process, not the experiment: never restored from a stored run.
+NOT_RESTORED = {"resume", "evaluate_only", "checkpoint"}
+
+
+def parse_run(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[str, Any] | None]:
+    """Parse the command line; with ``--resume`` / ``--evaluate_only`` also load the stored run's
+    arguments and checkpoint. Returns ``(opt, state)``; ``state`` is None for a fresh run."""
+    parser = build_parser()
+    opt = parser.parse_args(argv)
+    if opt.resume and opt.evaluate_only:
+        raise ConfigError("--resume and --evaluate_only exclude each other")
+    if opt.resume:
+        return _resume_namespace(parser, argv, opt)
+    if opt.evaluate_only:
+        return _evaluate_namespace(parser, argv, opt)
+    return opt, None
+
+
+def _resume_namespace(
+    parser: argparse.ArgumentParser, argv: list[str] | None, opt: argparse.Namespace
+) -> tuple[argparse.Namespace, dict | None]:
+    """For ``--resume FOLDER``: the stored run's namespace and its last checkpoint (or None)."""
+    folder = Path(opt.resume)
+    args_file = folder / "args.json"
+    if not args_file.is_file():
+        raise ConfigError(f"--resume {folder}: not a run folder (no args.json in it)")
+    explicit = explicit_flags(parser, argv)
+    forbidden = sorted(set(explicit) - RESUME_OVERRIDABLE)
+    if forbidden:
+        raise ConfigError(
+            "--resume continues a run with its stored configuration; these flags cannot be changed: "
+            + ", ".join(f"--{k}" for k in forbidden)
+            + f" (allowed: {', '.join('--' + k for k in sorted(RESUME_OVERRIDABLE - {'resume'}))})"
+        )
+    last = folder / "checkpoint_last.pt"
+    state = checkpoint.load(last) if last.is_file() else None
+    stored = state["args"] if state is not None else json.loads(args_file.read_text())["args"]
+    new = stored_namespace(opt, stored, explicit, NOT_RESTORED)
+    new.resume = str(folder)
+    return new, state
+
+
+def _evaluate_namespace(
+    parser: argparse.ArgumentParser, argv: list[str] | None, opt: argparse.Namespace
+) -> tuple[argparse.Namespace, dict]:
+    """For ``--evaluate_only --checkpoint PATH``: the checkpoint's run arguments, any explicit flag
+    (e.g. ``--source_path``, ``--evaluation_metrics``, ``--save_path``) taking precedence."""
+    if not opt.checkpoint:
+        raise ConfigError("--evaluate_only needs --checkpoint PATH (a checkpoint_*.pt of a run)")
+    path = Path(opt.checkpoint)
+    if not path.is_file():
+        raise ConfigError(f"--checkpoint {path}: no such file")
+    state = checkpoint.load(path)
+    if "model" not in state or "args" not in state:
+        raise ConfigError(f"--checkpoint {path}: not a checkpoint written by main.py (no model/args)")
+    explicit = explicit_flags(parser, argv)
+    new = stored_namespace(opt, state["args"], explicit, NOT_RESTORED)
+    new.evaluate_only, new.checkpoint = True, str(path)
+    if "savename" not in explicit:
+        new.savename = f"{path.parent.name}_eval_{path.stem}"
+    return new, state

@@ -8,7 +8,7 @@ Seeded synthetic clustered embeddings (L2-normalised, like the ``_normalize`` ar
 * CARS scale: 8,131 × 128, 98 classes (~83 per class);
 * SOP scale: 60,502 × 128, 11,316 classes of 2-12 samples.
 
-Ours computes the study's default metric list (``parameters.DEFAULT_METRICS``: e_recall@1,2,4,
+Ours computes the study's default metric list (``evaluation.options.DEFAULT_METRICS``: e_recall@1,2,4,
 nmi, f1, mAP_1000, mAP_lim, mAP_c, dists@*, rho_spectrum@0,-1,1,2,10) plus mAP@R, r_precision and
 precision@1 (and e_recall@10,100,1000 at SOP scale); ``--metric_set superset`` adds everything
 AccuracyCalculator computes that the list lacks (ami, mAP, mrr), so ours is a strict superset of
@@ -86,13 +86,13 @@ METRIC_SET = "study"  # set from --metric_set
 
 
 def metric_names(scale: str) -> list[str]:
-    """study: the issue's list (the study's defaults + the MAP@R family, + deep recalls at SOP);
+    """study: the study list (the study's defaults + the MAP@R family, + deep recalls at SOP);
     superset: that plus everything AccuracyCalculator computes (ami, mAP, mrr); pml: only the latter."""
-    import parameters
+    from evaluation.options import DEFAULT_METRICS
 
     if METRIC_SET == "pml":
         return list(PML_SET)
-    names = list(parameters.DEFAULT_METRICS)
+    names = list(DEFAULT_METRICS)
     if scale == "sop":
         names += ["e_recall@10", "e_recall@100", "e_recall@1000"]
     if METRIC_SET == "superset":

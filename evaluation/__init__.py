@@ -9,14 +9,21 @@ Which epoch is "best" is decided in :mod:`evaluation.selection`.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 import metrics
+from metrics.ranking import check_backend
+from utilities.errors import ConfigError
+from utilities.logger import RunLogger
+
+log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -119,19 +126,45 @@ def format_results(results: dict, names: list[str]) -> str:
 def should_evaluate(split: str, epoch: int, opt) -> bool:
     """``--train_eval_every k``: the training split (``evaluation``) only every k-th epoch and at
     the last one; every other split every epoch."""
-    every = max(1, int(getattr(opt, "train_eval_every", 1)))
+    every = max(1, opt.train_eval_every)
     return split != "evaluation" or (epoch + 1) % every == 0 or epoch == opt.n_epochs - 1
+
+
+def evaluate_splits(
+    model: nn.Module,
+    loaders: dict[str, torch.utils.data.DataLoader],
+    opt,
+    device: torch.device,
+    metric_device: torch.device,
+    *,
+    folder: Path,
+    epoch: int,
+    only: list[str] | None = None,
+) -> dict[str, dict | None]:
+    """:func:`evaluate_split` with the evaluation flags on each split of ``loaders`` (those in
+    ``only``, if given; the others map to None, which keeps a per-epoch history aligned)."""
+    return {
+        split: evaluate_split(
+            model,
+            loader,
+            opt.evaluation_metrics,
+            device,
+            seed=opt.seed,
+            metric_device=metric_device,
+            **eval_options(opt, split, folder, epoch),
+        )
+        if only is None or split in only
+        else None
+        for split, loader in loaders.items()
+    }
 
 
 def check_options(opt, metric_device: torch.device) -> None:
     """Before training, so a bad combination never costs a finished epoch: ``--eval_backend``
     must run where the metrics are computed (numba is CPU only), and the selection metric (the
     first ``--storage_metrics``) must be a scalar that ``--evaluation_metrics`` computes."""
-    from metrics.ranking import check_backend
-    from utilities.errors import ConfigError
-
     try:
-        check_backend(getattr(opt, "eval_backend", "auto"), metric_device)
+        check_backend(opt.eval_backend, metric_device)
     except ValueError as err:
         raise ConfigError(
             f"--eval_backend {opt.eval_backend} with metrics on {metric_device}: {err}"
@@ -149,10 +182,39 @@ def check_options(opt, metric_device: torch.device) -> None:
 def eval_options(opt, split: str, folder: Path, epoch: int) -> dict:
     """The keyword arguments of :func:`evaluate_split` that come from the evaluation flags."""
     return {
-        "backend": getattr(opt, "eval_backend", "auto"),
-        "chunk": getattr(opt, "eval_chunk", 0) or None,
-        "save_to": Path(folder) / f"embeddings_{split}.npz"
-        if getattr(opt, "save_embeddings", False)
-        else None,
+        "backend": opt.eval_backend,
+        "chunk": opt.eval_chunk or None,
+        "save_to": Path(folder) / f"embeddings_{split}.npz" if opt.save_embeddings else None,
         "epoch": epoch,
     }
+
+
+def evaluate_checkpoint(
+    model: nn.Module,
+    state: dict[str, Any],
+    loaders: dict[str, torch.utils.data.DataLoader],
+    opt,
+    device: torch.device,
+    metric_device: torch.device,
+    logger: RunLogger,
+) -> dict[str, Any]:
+    """``main.py --evaluate_only``: the checkpoint's weights, every split evaluated once, and a run
+    folder (args.json, metrics.csv at the checkpoint's epoch, summary.json) like a training run's."""
+    start = time.time()
+    model.load_state_dict(state["model"])
+    epoch = int(state["epoch"])
+    results = evaluate_splits(model, loaders, opt, device, metric_device, folder=logger.folder, epoch=epoch)
+    for split, res in results.items():
+        logger.log(epoch, split, res)
+        log.info(f"{split}: " + format_results(res, opt.evaluation_metrics))
+    summary = {
+        "evaluate_only": True,
+        "checkpoint": str(opt.checkpoint),
+        "selected_epoch": epoch,
+        "selection_split": None,
+        "metrics": results,
+        "wall_time": time.time() - start,
+    }
+    logger.summary(summary)
+    log.info(f"Evaluated {opt.checkpoint} (epoch {epoch}); results in {logger.folder}")
+    return summary

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import metrics
-from parameters import DEFAULT_METRICS
+from evaluation.options import add_evaluation_args, add_setup_args
+from utilities.cli import run_entry_point, setup_logging
 from utilities.errors import ConfigError
+from utilities.seeding import resolve_device
+
+log = logging.getLogger("evaluation")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,15 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--embeddings", required=True, help=".npz with arrays embeddings (N, D), labels (N,)")
-    p.add_argument("--evaluation_metrics", nargs="+", default=DEFAULT_METRICS, help="metric names")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the metrics are computed")
-    p.add_argument(
-        "--eval_backend",
-        default="auto",
-        choices=["auto", "numba", "torch"],
-        help="ranking-pass backend (auto: numba on CPU, torch on CUDA)",
-    )
-    p.add_argument("--seed", type=int, default=1, help="k-means seed")
+    add_evaluation_args(p.add_argument_group("evaluation"))
+    add_setup_args(p.add_argument_group("setup (the device computes the metrics)"))
     p.add_argument("--json", default=None, help="output JSON (default: <FILE>.metrics.json)")
     return p
 
@@ -66,10 +63,9 @@ def load(path: Path) -> dict[str, np.ndarray]:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    setup_logging()
     opt = build_parser().parse_args(argv)
-    metrics.validate(opt.evaluation_metrics)
-    if opt.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available")
+    device = resolve_device(opt.device, opt.gpu)
     path = Path(opt.embeddings)
     data = load(path)
     masks = {k: torch.from_numpy(data[k]) if k in data else None for k in ("is_query", "is_gallery")}
@@ -82,8 +78,9 @@ def main(argv: list[str] | None = None) -> dict:
             query_mask=masks["is_query"],
             gallery_mask=masks["is_gallery"],
             seed=opt.seed,
-            device=opt.device,
+            device=device,
             backend=opt.eval_backend,
+            chunk=opt.eval_chunk or None,
             timings=timings,
         )
     except ValueError as err:
@@ -91,11 +88,11 @@ def main(argv: list[str] | None = None) -> dict:
     width = max(len(k) for k in results)
     for name, value in results.items():
         shown = f"[{', '.join(f'{v:.4f}' for v in value)}]" if metrics.is_array(value) else f"{value:.4f}"
-        print(f"{name:<{width}}  {shown}")
+        log.info(f"{name:<{width}}  {shown}")
     out = Path(opt.json) if opt.json else path.with_name(path.name + ".metrics.json")
     payload = {"embeddings": str(path), "n": len(data["labels"]), "metrics": results, "timings": timings}
     out.write_text(json.dumps(_clean(payload), indent=2))
-    print(f"wrote {out}")
+    log.info(f"wrote {out}")
     return results
 
 
@@ -111,11 +108,7 @@ def _clean(v):
 
 
 def cli() -> None:
-    try:
-        main()
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_entry_point(main)
 
 
 if __name__ == "__main__":

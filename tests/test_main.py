@@ -196,7 +196,7 @@ def test_incompatible_miner_is_rejected_before_training(default_opt):
         name, tuple_kind = "fake_pairs", "npair"
 
     with pytest.raises(ConfigError, match="consumes triplets, but miner 'fake_pairs' produces npair"):
-        criteria.select("triplet", default_opt, PairMiner())
+        criteria.select("triplet", default_opt, n_classes=10, batchminer=PairMiner())
 
 
 def test_a_gpu_index_beyond_the_machine_is_a_config_error(monkeypatch):

@@ -142,7 +142,7 @@ def run(seed: int = 1, p_switch: float = 0.5) -> dict:
 
 
 def plot(result: dict, out: Path) -> list[Path]:
-    import matplotlib
+    import matplotlib  # lazy, and the Agg backend must be chosen before pyplot is imported
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

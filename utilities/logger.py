@@ -1,4 +1,4 @@
-"""The run folder (DESIGN.md §4) and optional Weights & Biases logging.
+"""The run folder and optional Weights & Biases logging.
 
 ``<save_path>/<dataset>/<run name>/`` gets
 
@@ -20,11 +20,16 @@ import csv
 import datetime
 import importlib.metadata
 import json
+import logging
 import math
 import os
 import subprocess
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
 
 SECRET_MARKERS = ("key", "token", "secret", "password")
 
@@ -118,8 +123,7 @@ class RunLogger:
                 json.dumps({"epoch": epoch, "split": split, **{k: list(v) for k, v in arrays.items()}}) + "\n"
             )
         if self.wandb is not None:
-            import numpy as np
-            import wandb
+            import wandb  # optional and slow to import: only runs with --log_online pay for it
 
             hist = {}
             for k, v in arrays.items():
@@ -166,7 +170,7 @@ class RunLogger:
         try:
             action(self.wandb)
         except Exception as err:
-            print(f"W&B failed ({type(err).__name__}: {err}); continuing with local logging only")
+            log.warning(f"W&B failed ({type(err).__name__}: {err}); continuing with local logging only")
             self.wandb = None
 
 
@@ -200,7 +204,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _start_wandb(opt: argparse.Namespace, folder: Path):
     try:
-        import wandb
+        import wandb  # optional and slow to import: only runs with --log_online pay for it
 
         return wandb.init(
             project=opt.project,
@@ -211,7 +215,7 @@ def _start_wandb(opt: argparse.Namespace, folder: Path):
             reinit=True,
         )
     except Exception as err:  # any failure to start W&B must not cost the run
-        print(f"W&B logging disabled, continuing with local logging only: {type(err).__name__}: {err}")
+        log.warning(f"W&B logging disabled, continuing with local logging only: {type(err).__name__}: {err}")
         return None
 
 

@@ -1,12 +1,15 @@
-"""Seeding and device selection."""
+"""Seeding, the process-wide RNG states (saved in checkpoints) and device selection."""
 
 from __future__ import annotations
 
 import os
 import random
+from typing import Any
 
 import numpy as np
 import torch
+
+from utilities.errors import ConfigError
 
 
 def seed_everything(seed: int) -> None:
@@ -36,12 +39,64 @@ def resolve_device(device: str, gpu: list[int]) -> torch.device:
     if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        from utilities.errors import ConfigError
-
         raise ConfigError("--device cuda was requested but no CUDA device is available")
     index = gpu[0] if gpu else 0
     if not 0 <= index < torch.cuda.device_count():
-        from utilities.errors import ConfigError
-
         raise ConfigError(f"--gpu {index}: only {torch.cuda.device_count()} CUDA device(s) on this machine")
     return torch.device("cuda", index)
+
+
+def rng_state() -> dict[str, Any]:
+    """python, numpy, torch CPU and CUDA RNG states as tensors / plain Python (weights_only-safe)."""
+    np_state = np.random.get_state()  # noqa: NPY002 - the legacy global RNG is what third-party code draws from
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "key": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "gauss": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    random.setstate(_as_tuple(state["python"]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))  # noqa: NPY002
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(x: Any) -> Any:
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+class GlobalRNG:
+    """The process-wide RNGs as one checkpointable object (``state_dict`` / ``load_state_dict``)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return rng_state()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        set_rng_state(state)
+
+
+class GeneratorState:
+    """A ``torch.Generator`` (e.g. a DataLoader's) as a checkpointable object."""
+
+    def __init__(self, generator: torch.Generator | None) -> None:
+        self.generator = generator
+
+    def state_dict(self) -> torch.Tensor | None:
+        return self.generator.get_state() if self.generator is not None else None
+
+    def load_state_dict(self, state: torch.Tensor | None) -> None:
+        if state is not None and self.generator is not None:
+            self.generator.set_state(state)

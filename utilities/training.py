@@ -76,11 +76,12 @@ def train_one_epoch(
     device: torch.device,
     *,
     epoch: int,
-    batchminer=None,
-    sampler=None,
+    sampler,
     progress: bool = True,
 ) -> dict[str, float]:
-    """One pass over ``loader``; returns the mean loss, the time and the miner's statistics."""
+    """One pass over ``loader``; returns the mean loss, the time and the statistics of the batch
+    miner(s) inside ``criterion``. Each step's embeddings go to ``sampler.update_storage`` (a no-op
+    for samplers without an embedding memory)."""
     model.train()
     criterion.train()
     start, losses = time.perf_counter(), []
@@ -97,11 +98,11 @@ def train_one_epoch(
         scaler.step(optimizer)
         scaler.update()
         losses.append(loss.item())
-        if getattr(sampler, "requires_storage", False):
-            sampler.update_storage(embeddings.detach(), idx)
+        sampler.update_storage(embeddings.detach(), idx)
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
     stats = {"loss": sum(losses) / max(1, len(losses)), "train_time": time.perf_counter() - start}
     stats["lr"] = optimizer.param_groups[0]["lr"]
-    if batchminer is not None and hasattr(batchminer, "pop_stats"):
-        stats.update({f"miner_{k}": v for k, v in batchminer.pop_stats().items()})
+    for module in criterion.modules():  # the miner is a submodule of the loss (or of its wrapper)
+        if hasattr(module, "pop_stats"):
+            stats.update({f"miner_{k}": v for k, v in module.pop_stats().items()})
     return stats

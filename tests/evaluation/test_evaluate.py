@@ -102,9 +102,15 @@ def test_cli_bad_input_is_a_config_error(tmp_path):
     np.savez(tmp_path / "mask.npz", embeddings=np.zeros((3, 2)), labels=np.zeros(3), is_query=np.ones(3))
     with pytest.raises(ConfigError, match="is_query"):
         eval_main(["--embeddings", str(tmp_path / "mask.npz")])
+
+
+def test_cli_rejects_an_unknown_metric_when_the_flags_are_parsed(tmp_path, capsys):
+    """The evaluation flags are main.py's: an unknown metric is refused by argparse (exit 2)."""
     np.savez(tmp_path / "ok.npz", embeddings=np.zeros((3, 2)), labels=np.zeros(3))
-    with pytest.raises(ConfigError, match="unknown metric"):
+    with pytest.raises(SystemExit) as err:
         eval_main(["--embeddings", str(tmp_path / "ok.npz"), "--evaluation_metrics", "recall@1"])
+    assert err.value.code == 2
+    assert "unknown metric 'recall@1'" in capsys.readouterr().err
 
 
 def test_train_split_thinning():

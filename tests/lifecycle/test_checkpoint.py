@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from utilities import checkpoint, run_state
+from utilities import checkpoint
+from utilities.cli import explicit_flags, stored_namespace
+from utilities.seeding import rng_state, set_rng_state
 
 
 def test_crash_during_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
@@ -37,12 +39,12 @@ def test_rng_state_round_trip_through_a_weights_only_checkpoint(tmp_path):
     torch.manual_seed(3)
     random.seed(3)
     np.random.seed(3)  # noqa: NPY002
-    checkpoint.save_atomic({"rng": run_state.rng_state()}, tmp_path / "c.pt")
+    checkpoint.save_atomic({"rng": rng_state()}, tmp_path / "c.pt")
     expected = (random.random(), np.random.rand(), torch.rand(2), random.gauss(0, 1), np.random.randn())  # noqa: NPY002
     random.seed(99)
     np.random.seed(99)  # noqa: NPY002
     torch.manual_seed(99)
-    run_state.set_rng_state(checkpoint.load(tmp_path / "c.pt")["rng"])
+    set_rng_state(checkpoint.load(tmp_path / "c.pt")["rng"])
     got = (random.random(), np.random.rand(), torch.rand(2), random.gauss(0, 1), np.random.randn())  # noqa: NPY002
     assert got[0] == expected[0] and got[1] == expected[1] and torch.equal(got[2], expected[2])
     assert got[3:] == expected[3:]
@@ -50,7 +52,7 @@ def test_rng_state_round_trip_through_a_weights_only_checkpoint(tmp_path):
 
 def test_plain_makes_numpy_values_weights_only_safe(tmp_path):
     history = {"testing": [{"a": np.float64(0.5), "spectrum": np.arange(3.0)}, None]}
-    checkpoint.save_atomic({"h": run_state.plain(history)}, tmp_path / "c.pt")
+    checkpoint.save_atomic({"h": checkpoint.plain(history)}, tmp_path / "c.pt")
     loaded = checkpoint.load(tmp_path / "c.pt")["h"]
     assert loaded["testing"][0]["a"] == 0.5 and loaded["testing"][1] is None
     assert torch.equal(loaded["testing"][0]["spectrum"], torch.arange(3.0, dtype=torch.float64))
@@ -61,7 +63,7 @@ def test_explicit_flags_sees_only_what_was_typed():
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--n_epochs", type=int, default=150)
     parser.add_argument("--no_progress", action="store_true")
-    assert run_state.explicit_flags(parser, ["--n_epochs", "3", "--no_progress"]) == {
+    assert explicit_flags(parser, ["--n_epochs", "3", "--no_progress"]) == {
         "n_epochs": 3,
         "no_progress": True,
     }
@@ -70,6 +72,11 @@ def test_explicit_flags_sees_only_what_was_typed():
 
 def test_stored_namespace_precedence():
     defaults = argparse.Namespace(lr=1.0, seed=1, new_flag="d", resume="")
-    merged = run_state.stored_namespace(defaults, {"lr": 2.0, "seed": 7, "resume": "old"}, {"seed": 9})
+    merged = stored_namespace(
+        defaults,
+        {"lr": 2.0, "seed": 7, "resume": "old"},
+        {"seed": 9},
+        {"resume", "evaluate_only", "checkpoint"},
+    )
     # a flag added after the run was stored falls back to its default; --resume is never restored
     assert vars(merged) == {"lr": 2.0, "seed": 9, "new_flag": "d", "resume": ""}
