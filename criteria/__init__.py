@@ -89,7 +89,7 @@ WRAPPERS.add(CrossBatchMemory)
 
 
 def requires_miner(name: str) -> bool:
-    return bool(getattr(REGISTRY.get(name), "requires_miner", False))
+    return REGISTRY.get(name).requires_miner
 
 
 def select(name: str, opt: argparse.Namespace, *, n_classes: int, batchminer=None) -> nn.Module:
@@ -101,9 +101,9 @@ def select(name: str, opt: argparse.Namespace, *, n_classes: int, batchminer=Non
     in a :class:`CrossBatchMemory`.
     """
     cls = REGISTRY.get(name)
-    xbm = int(getattr(opt, "xbm_size", 0) or 0) > 0
-    if xbm and not getattr(cls, "supports_xbm", False):
-        supported = [n for n, c in REGISTRY if getattr(c, "supports_xbm", False)]
+    xbm = opt.xbm_size > 0
+    if xbm and not cls.supports_xbm:
+        supported = [n for n, c in REGISTRY if c.supports_xbm]
         raise ConfigError(
             f"--xbm_size needs a pair- or tuple-based loss; '{name}' is not one "
             f"(supported: {', '.join(supported)})"

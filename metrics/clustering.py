@@ -12,8 +12,8 @@ in the :class:`~metrics.context.EvalContext` (``c_*``: spherical k-means on L2-n
   partitions with the same class and cluster sizes; the same value as scikit-learn's
   ``adjusted_mutual_info_score`` (the test's oracle). E[I] depends on a class and a cluster only
   through their *sizes*, so it is summed over pairs of distinct sizes weighted by how often each
-  occurs, instead of over all C·K pairs: at SOP scale (11k classes, 11k clusters) 60 ms instead of
-  scikit-learn's 20 s. There are at most √(2N) distinct sizes on each side.
+  occurs, instead of over all C·K pairs (README: timing against scikit-learn at SOP scale). There
+  are at most √(2N) distinct sizes on each side.
 * ``f1`` / ``c_f1``: the pair-counting F-measure of the lifted-structure evaluation (Song et al.
   2016): over all unordered pairs of samples, P = pairs sharing class and cluster / pairs sharing
   a cluster, R = pairs sharing class and cluster / pairs sharing a class, F1 = 2PR/(P+R); 0 when

@@ -28,13 +28,13 @@ Backends (same integers on CPU; on CUDA the float32 distances may round differen
 * ``numba`` (CPU; ``auto`` unless the split is tiny): BLAS computes a distance block, then a
   parallel numba kernel makes one pass per row: each gallery item's bucket among the row's sorted relevant keys comes from a
   lookup table over the float bits of the distances (no binary search, no branch on the data), and
-  the bucket counts' prefix sums are the ranks. ~1.3 ns per distance on 2 cores; rows whose
-  relevant items are all near the query (SOP-like small classes) skip everything beyond them
-  after one compare, ~0.45 ns per distance.
+  the bucket counts' prefix sums are the ranks. Rows whose relevant items are all near the query
+  (SOP-like small classes) skip everything beyond them after one compare (per-distance costs:
+  README, "Evaluation and metrics").
 * ``torch`` (CPU or CUDA, used by ``--evaluate_on_gpu``): the same keys as int64, bucketed with
   ``torch.searchsorted`` and counted with ``bincount``.
 
-Deviation from the issue's "one kNN search with k = the largest k": this is one exact ranking pass
+Deviation from a "one kNN search with k = the largest k" design: this is one exact ranking pass
 that serves every retrieval metric. faiss is not used: at CUB scale its exact kNN search
 (``IndexFlatL2``, 2 threads) takes about as long as this whole pass already at k = 61 (what MAP@R
 needs) and several times longer at k = 1,024 (what ``mAP_lim`` needs); ``benchmarks/bench_eval.py``

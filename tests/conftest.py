@@ -13,6 +13,8 @@ os.environ.setdefault("MKL_DYNAMIC", "FALSE")
 import pytest
 import torch
 
+import parameters
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -45,11 +47,8 @@ def _one_intra_op_thread(request):
 @pytest.fixture
 def default_opt() -> argparse.Namespace:
     """The full default namespace (every global and plugin flag), as main.py would see it."""
-    import parameters
 
-    opt = parameters.parse(["--dataset", "digits"])
-    opt.n_classes = 10
-    return opt
+    return parameters.parse(["--dataset", "digits"])
 
 
 def make_batch(

@@ -25,7 +25,7 @@ from utilities.errors import ConfigError
 from utilities.training import build_optimizer
 
 NAMES = criteria.REGISTRY.names()
-EXPECTED = {  # the list: the study's 14, the 12 beyond it (fastap as the AP surrogate)
+EXPECTED = {  # the benchmark's list: the study's 14, the 12 beyond it (fastap as the AP surrogate)
     "angular", "arcface", "contrastive", "histogram", "lifted", "margin", "multisimilarity", "npair",
     "proxynca", "quadruplet", "snr", "softmax", "softtriplet", "triplet",
     "proxyanchor", "cosface", "sphereface", "subcenter_arcface", "adacos", "curricularface",
