@@ -270,11 +270,22 @@ def _resume_namespace(
             + f" (allowed: {', '.join('--' + k for k in sorted(RESUME_OVERRIDABLE - {'resume'}))})"
         )
     last = folder / "checkpoint_last.pt"
-    state = checkpoint.load(last) if last.is_file() else None
+    state = _upgrade(checkpoint.load(last)) if last.is_file() else None
     stored = state["args"] if state is not None else json.loads(args_file.read_text())["args"]
     new = stored_namespace(opt, stored, explicit, NOT_RESTORED)
     new.resume = str(folder)
     return new, state
+
+
+def _upgrade(state: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint from before the batch miner moved into the criterion kept the miner's
+    generator states under ``miner``; they now live in the criterion's state dict (inside the
+    cross-batch memory wrapper's ``criterion`` when ``--xbm_size`` was set)."""
+    miner = state.pop("miner", None)
+    if miner:
+        prefix = "criterion." if state["args"].get("xbm_size", 0) > 0 else ""
+        state["criterion"][f"{prefix}batchminer._extra_state"] = miner
+    return state
 
 
 def _evaluate_namespace(

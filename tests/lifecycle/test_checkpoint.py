@@ -80,3 +80,18 @@ def test_stored_namespace_precedence():
     )
     # a flag added after the run was stored falls back to its default; --resume is never restored
     assert vars(merged) == {"lr": 2.0, "seed": 9, "new_flag": "d", "resume": ""}
+
+
+def test_a_checkpoint_from_before_the_miner_moved_into_the_loss_is_upgraded():
+    """Old checkpoints kept the miner's generator states under ``miner``; they now belong to the
+    criterion's state dict (one level deeper inside the cross-batch memory wrapper)."""
+    import parameters
+
+    gen = torch.Generator().manual_seed(3).get_state()
+    for xbm, key in ((0, "batchminer._extra_state"), (64, "criterion.batchminer._extra_state")):
+        old = {"miner": {"cpu": gen}, "criterion": {"beta": torch.ones(2)}, "args": {"xbm_size": xbm}}
+        new = parameters._upgrade(old)
+        assert "miner" not in new and torch.equal(new["criterion"][key]["cpu"], gen)
+        assert torch.equal(new["criterion"]["beta"], torch.ones(2))
+    untouched = {"criterion": {"batchminer._extra_state": {}}, "args": {}}
+    assert parameters._upgrade(dict(untouched)) == untouched
