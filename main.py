@@ -35,7 +35,7 @@ from evaluation import (
 )
 from evaluation.selection import improved, selection_split, summary
 from utilities import checkpoint
-from utilities.cli import run_entry_point, setup_logging
+from utilities.cli import announce_run, run_entry_point, setup_logging
 from utilities.faults import kill_point, train_iterable
 from utilities.logger import RunLogger, public_args
 from utilities.seeding import GeneratorState, GlobalRNG, resolve_device, seed_everything
@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
         logger.restore(state["rows"])
         log.info(f"Resumed after epoch {state['epoch']}")
     select_on, select_metric = selection_split(list(eval_loaders)), opt.storage_metrics[0]
+    announce_run(logger.folder)  # Ctrl-C from here on says how to continue
     log.info(f"Run folder: {logger.folder}")
     log.info(
         f"{opt.dataset}: {len(train_set)} training images, {n_classes} classes | loss {opt.loss} | "
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
             epoch=epoch,
             sampler=sampler,
             progress=not opt.no_progress,
+            last_good=logger.folder / "checkpoint_last.pt",
         )
         logger.log(epoch, "training", stats)
         due = [s for s in eval_loaders if should_evaluate(s, epoch, opt)]

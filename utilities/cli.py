@@ -7,6 +7,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from utilities.errors import ConfigError
@@ -35,14 +36,40 @@ def setup_logging(level: int = logging.INFO) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+_RUN: dict[str, Path] = {}
+
+
+def announce_run(folder: Path) -> None:
+    """The run folder now being written (an interrupted run is continued with ``--resume`` on it)."""
+    _RUN["folder"] = Path(folder)
+
+
+def one_line(err: BaseException) -> str:
+    """The message of ``err`` as one line. An error raised in a DataLoader worker arrives in the
+    main process re-built with the worker's whole traceback as its message; its last line is the
+    original ``module.Class: message``, of which the message is kept."""
+    text = str(err)
+    if "Original Traceback" in text:
+        last = text.rstrip().splitlines()[-1]
+        head, sep, message = last.partition(": ")
+        text = message if sep and "Error" in head.rsplit(".", 1)[-1] else last
+    return " ".join(text.split())
+
+
 def run_entry_point(main: Callable[[], Any]) -> None:
-    """Run an entry point: logging set up, a :class:`ConfigError` is one line on stderr, exit 2."""
+    """Run an entry point: logging set up, a :class:`ConfigError` is one line on stderr and exit
+    code 2, Ctrl-C one line (saying how to continue the run) and exit code 130."""
     setup_logging()
     try:
         main()
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        folder = _RUN.get("folder")
+        hint = f"; continue with: python main.py --resume {folder}" if folder else ""
+        print(f"error: interrupted{hint}", file=sys.stderr)
+        sys.exit(130)
 
 
 def explicit_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> dict[str, Any]:

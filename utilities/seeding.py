@@ -35,12 +35,17 @@ def loader_generator(seed: int) -> torch.Generator:
 
 
 def resolve_device(device: str, gpu: list[int]) -> torch.device:
-    """``auto`` -> the first ``--gpu`` if CUDA is available, else CPU."""
-    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+    """``auto`` -> the first ``--gpu`` if CUDA is available, else CPU. A ``--gpu`` other than the
+    default 0 on a machine without CUDA is an error (it would silently train on the CPU)."""
+    index = gpu[0] if gpu else 0
+    if device == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise ConfigError("--device cuda was requested but no CUDA device is available")
-    index = gpu[0] if gpu else 0
+        if device == "cuda":
+            raise ConfigError("--device cuda was requested but no CUDA device is available")
+        if index != 0:
+            raise ConfigError(f"--gpu {index}: this machine has no CUDA device (use --device cpu)")
+        return torch.device("cpu")
     if not 0 <= index < torch.cuda.device_count():
         raise ConfigError(f"--gpu {index}: only {torch.cuda.device_count()} CUDA device(s) on this machine")
     return torch.device("cuda", index)

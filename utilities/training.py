@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from utilities.errors import ConfigError
+from utilities.errors import ConfigError, TrainingDiverged
 from utilities.seeding import loader_generator, worker_init_fn
 
 
@@ -78,21 +79,29 @@ def train_one_epoch(
     epoch: int,
     sampler,
     progress: bool = True,
+    last_good: Path | None = None,
 ) -> dict[str, float]:
     """One pass over ``loader``; returns the mean loss, the time and the statistics of the batch
     miner(s) inside ``criterion``. Each step's embeddings go to ``sampler.update_storage`` (a no-op
-    for samplers without an embedding memory)."""
+    for samplers without an embedding memory).
+
+    Non-finite embeddings are caught before the loss sees them (a miner would otherwise misreport
+    them, e.g. as "not L2-normalised"), a non-finite loss before the step: either raises
+    :class:`TrainingDiverged` naming the epoch, the step and ``last_good`` (the run's
+    ``checkpoint_last.pt``, named when it exists)."""
     model.train()
     criterion.train()
     start, losses = time.perf_counter(), []
     amp_dtype = model.autocast_dtype(device.type) if hasattr(model, "autocast_dtype") else None
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     bar = tqdm(loader, desc=f"Epoch {epoch} training", leave=False, disable=not progress)
-    for images, labels, idx in bar:
+    for step, (images, labels, idx) in enumerate(bar):
         embeddings = model(images.to(device, non_blocking=True))
+        if not bool(torch.isfinite(embeddings).all()):
+            raise _diverged("non-finite embeddings", epoch, step, last_good)
         loss = criterion(embeddings.float(), labels.to(device))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}")
+        if not bool(torch.isfinite(loss)):
+            raise _diverged(f"loss {loss.item()}", epoch, step, last_good)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()  # a no-op scaler unless --amp runs fp16 (architectures/base.py)
         scaler.step(optimizer)
@@ -106,3 +115,14 @@ def train_one_epoch(
         if hasattr(module, "pop_stats"):
             stats.update({f"miner_{k}": v for k, v in module.pop_stats().items()})
     return stats
+
+
+def _diverged(what: str, epoch: int, step: int, last_good: Path | None) -> TrainingDiverged:
+    where = (
+        f"the last good checkpoint is {last_good}"
+        if last_good is not None and last_good.is_file()
+        else "no epoch finished, so there is no checkpoint yet"
+    )
+    return TrainingDiverged(
+        f"training diverged at epoch {epoch} step {step} ({what}); lower --lr (or check the data); {where}"
+    )
