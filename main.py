@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = resolve_device(opt.device, opt.gpu)
     metric_device = device if opt.evaluate_on_gpu else torch.device("cpu")
     check_options(opt, metric_device)
+    architectures.check_pretrained_path(opt.arch, opt.pretrained_path)
 
     # ---- data ---------------------------------------------------------------------------------
     splits = datasets.select(opt.dataset, opt, architectures.input_config(opt.arch))

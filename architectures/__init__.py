@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from architectures import bninception, googlenet, resnet, smallcnn, timm_backbone
+from architectures import base, bninception, googlenet, resnet, smallcnn, timm_backbone
 from architectures.base import ArchSpec, EmbeddingNet, InputConfig, autocast_dtype, parse_arch
 from utilities.registry import Registry
 
@@ -45,6 +45,13 @@ def select(arch: str, opt: argparse.Namespace) -> EmbeddingNet:
         pretrained_path=opt.pretrained_path,
     )
     return model.set_precision(opt.amp, opt.channels_last)
+
+
+def check_pretrained_path(arch: str, pretrained_path: str) -> None:
+    """Refuse ``--pretrained_path`` for a backbone without pretrained weights (``smallcnn``);
+    needs only the flags, so it can run when the command line is parsed."""
+    if pretrained_path:
+        base.check_pretrained_path(REGISTRY.get(parse_arch(arch).backbone), pretrained_path)
 
 
 def input_config(arch: str) -> InputConfig:

@@ -29,6 +29,7 @@ puts weights and inputs in NHWC memory format (faster convolutions on tensor cor
 
 from __future__ import annotations
 
+import struct
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -153,9 +154,11 @@ class EmbeddingNet(nn.Module):
 
     name = ""
     default_input_config = InputConfig()
+    has_pretrained_weights = True  # False: always random weights, --pretrained_path is refused
 
     def __init__(self, *, spec: ArchSpec, embed_dim: int, pretrained: bool, pretrained_path: str) -> None:
         super().__init__()
+        check_pretrained_path(type(self), pretrained_path)
         self.backbone, feature_dim = self.make_backbone(
             spec, pretrained=pretrained, pretrained_path=pretrained_path
         )
@@ -228,6 +231,16 @@ class EmbeddingNet(nn.Module):
 # ---- weights ----------------------------------------------------------------------------------
 
 
+def check_pretrained_path(cls: type[EmbeddingNet], pretrained_path: str) -> None:
+    """``--pretrained_path`` only for a backbone that has pretrained weights (not ``smallcnn``,
+    which would silently ignore them)."""
+    if pretrained_path and not cls.has_pretrained_weights:
+        raise ConfigError(
+            f"--pretrained_path: {cls.name} has no pretrained weights (it always starts from random "
+            f"weights); drop --pretrained_path or choose a backbone that has them"
+        )
+
+
 def load_local_weights(module: nn.Module, path: str, arch: str) -> None:
     """Load a local state dict (``--pretrained_path``) into ``module``.
 
@@ -240,9 +253,14 @@ def load_local_weights(module: nn.Module, path: str, arch: str) -> None:
     if not file.is_file():
         raise ConfigError(f"--pretrained_path {path}: no such file (a torch state dict for {arch})")
     try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": noise for a weights file
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ConfigError(f"--pretrained_path {path}: cannot read it as a torch state dict ({err})") from None
+        raise ConfigError(
+            f"--pretrained_path {path}: not a readable torch state dict (torch.load cannot read it: "
+            f"{load_error_reason(err, file)})"
+        ) from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -280,6 +298,52 @@ def load_local_weights(module: nn.Module, path: str, arch: str) -> None:
             f"--pretrained_path {path} does not fit {arch}: {len(extra)} unknown weights, e.g. {extra[:5]}"
         )
     module.load_state_dict({k: v for k, v in cleaned.items() if k in own}, strict=False)
+
+
+def load_error_reason(err: BaseException, file: Path) -> str:
+    """A short one-line reason why ``torch.load(file, weights_only=True)`` failed.
+
+    torch's own messages run over many lines and, for a file the safe unpickler refuses, advise
+    re-running with ``weights_only=False``: the wrong advice for a file of unknown origin (that
+    would execute whatever code the pickle holds), so only the unpickler's own finding is kept."""
+    try:
+        with open(file, "rb") as fh:
+            head = fh.read(512)
+    except OSError:
+        head = b"?"
+    if not head:
+        return "empty file"
+    if _is_text(head):
+        return "a text file, not a torch file"
+    text = str(err)
+    if "WeightsUnpickler error:" in text:  # the safe unpickler refused an object or an opcode
+        finding = text.split("WeightsUnpickler error:", 1)[1]
+        finding = finding.split("Check the documentation of torch.load", 1)[0]
+        first = next((ln.strip() for ln in finding.splitlines() if ln.strip()), "")
+        first = first.split(" Please use `torch.serialization.add_safe_globals")[0]
+        return (
+            f"the safe unpickler refuses its content: {first}" if first else "the safe unpickler refuses it"
+        )
+    text = " ".join(text.split())
+    if "weights_only" in text:  # any other message quoting that advice: the type only
+        return type(err).__name__
+    first = text.split(". ", 1)[0].rstrip(".")  # "... central directory. This is an internal miniz error ..."
+    if isinstance(err, KeyError | EOFError | struct.error) or not first:
+        name = "struct.error" if isinstance(err, struct.error) else type(err).__name__
+        return f"{name}: {first}" if first else f"{name} (a truncated file?)"
+    return first[:300]
+
+
+def _is_text(head: bytes) -> bool:
+    """Whether a file's first bytes are text (UTF-8, no control characters but whitespace)."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        try:  # the 512 bytes may end inside a multi-byte character
+            text = head[:-3].decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+    return all(c.isprintable() or c in "\t\n\r" for c in text)
 
 
 def build_weights(

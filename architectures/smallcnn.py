@@ -2,7 +2,7 @@
 
 Three 3×3 conv blocks (32, 64, 128 channels, BatchNorm, ReLU; max-pool after the second), global
 average pooling -> 128 features -> ``last_linear``. Always randomly initialised (there are no
-pretrained weights for it; ``--pretrained_path`` is not supported); ~0.1 M parameters. On image
+pretrained weights for it; ``--pretrained_path`` is refused); ~0.1 M parameters. On image
 datasets it takes 32-pixel crops (eval: resize 36, centre crop 32), so pipelines can be smoke-tested
 on a CPU.
 """
@@ -23,6 +23,7 @@ class SmallCNN(EmbeddingNet):
 
     name = "smallcnn"
     default_input_config = InputConfig(crop=32, resize=36)
+    has_pretrained_weights = False
 
     def make_backbone(
         self, spec: ArchSpec, *, pretrained: bool, pretrained_path: str

@@ -29,7 +29,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from datasets.images import IMAGE_EXTENSIONS, FileReader, ImageCache, check_files_exist
+from datasets.images import (
+    IMAGE_EXTENSIONS,
+    FileReader,
+    ImageCache,
+    check_files_exist,
+    check_images_readable,
+)
 from datasets.transforms import build_transforms
 from utilities.errors import ConfigError
 
@@ -292,15 +298,18 @@ class ImageDataset:
             if not paths:
                 raise ConfigError(f"{self.name}: the {part} split is empty ({listing.layout} layout)")
         train_tf, eval_tf = build_transforms(
-            cfg.augmentation, cfg.crop, cfg.resize, draft=cfg.decode == "reduced"
+            cfg.augmentation, cfg.crop, cfg.resize, draft=cfg.decode == "reduced", dataset=self.name
         )
-        reader: Callable[[str], Any] = FileReader()
+        reader: Callable[[str], Any] = FileReader(self.name)
         if cfg.cache:
             if cfg.cache_size < cfg.resize:
                 raise ConfigError(
                     f"--data_cache_size {cfg.cache_size} is smaller than the evaluation resize {cfg.resize}"
                 )
+            # checks every image before building (a complete cache was built from these files)
             reader = ImageCache(cfg.cache, all_paths, cfg.cache_size, name=self.name, workers=cfg.workers)
+        else:
+            check_images_readable(all_paths, self.name)  # every split, before training starts
         train = SplitDataset(listing.train_paths, listing.train_labels, reader, name="training")
         test = SplitDataset(
             listing.test_paths,
@@ -380,14 +389,24 @@ def numbered_class_folders(images: Path, dataset: str) -> list[tuple[int, Path]]
     return out
 
 
-def images_of_classes(classes: Iterable[tuple[Any, Path]]) -> tuple[list[str], np.ndarray]:
-    """(image paths, one class label per image) for ``(label, folder)`` pairs."""
+def images_of_classes(classes: Iterable[tuple[Any, Path]], dataset: str) -> tuple[list[str], np.ndarray]:
+    """(image paths, one class label per image) for ``(label, folder)`` pairs. A class folder
+    without images is a :class:`ConfigError` naming it (and how many such folders there are)."""
     paths: list[str] = []
     labels: list[Any] = []
+    empty: list[Path] = []
     for label, folder in classes:
         files = list_images(folder)
+        if not files:
+            empty.append(folder)
         paths += files
         labels += [label] * len(files)
+    if empty:
+        more = f" ({len(empty)} empty class folders in all)" if len(empty) > 1 else ""
+        raise ConfigError(
+            f"{dataset}: class folder {empty[0]} holds no images ({' '.join(IMAGE_EXTENSIONS)}){more}; "
+            f"add its images or remove the folder"
+        )
     return paths, np.asarray(labels)
 
 

@@ -85,7 +85,7 @@ class Cars196(ImageDataset):
         else:
             folders = subfolders(root / "images")
             class_ids = self._folder_class_ids(root, [f.name for f in folders])
-            paths, ids = images_of_classes(zip(class_ids, folders, strict=True))
+            paths, ids = images_of_classes(zip(class_ids, folders, strict=True), self.name)
             if not paths:
                 raise ConfigError(
                     f"{self.name}: no images under {root / 'images'} (expected {self.layouts['study']})"

@@ -11,7 +11,8 @@ Columns (a header row, any order, extra columns ignored):
   query/gallery protocol on the test split; without them evaluation is leave-one-out.
 
 ``--source_path`` is the CSV file itself, or a folder (``<source_path>/csv`` or ``<source_path>``)
-holding ``dataset.csv`` or exactly one ``*.csv``.
+holding ``dataset.csv`` or exactly one ``*.csv``. The file is UTF-8, with or without a byte-order
+mark (Excel's "CSV UTF-8"); an empty path, label or split is refused naming the row (its line).
 """
 
 from __future__ import annotations
@@ -67,23 +68,62 @@ class CSVDataset(ImageDataset):
     def detect(self, root: Path) -> str | None:
         return None
 
+    @staticmethod
+    def _rows(file: Path) -> tuple[list[str], list[int], list[dict[str, str]]]:
+        """(header names, line number of each data row, the rows). A UTF-8 byte-order mark
+        (Excel's "CSV UTF-8") is dropped and header names are stripped of spaces; a row's number
+        is its line in the file (blank lines, which the reader skips, still count)."""
+        header: list[str] = []
+        lines: list[int] = []
+        rows: list[dict[str, str]] = []
+        line = 0
+        try:
+            with open(file, newline="", encoding="utf-8-sig") as fh:
+                reader = csv.DictReader(fh)
+                header = [name.strip() for name in reader.fieldnames or []]
+                reader.fieldnames = header
+                for row in reader:
+                    line = reader.line_num
+                    lines.append(line)
+                    rows.append(row)
+        except UnicodeDecodeError as err:
+            raise ConfigError(
+                f"csv: {file} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
+                f"save it as CSV UTF-8"
+            ) from None
+        except csv.Error as err:
+            raise ConfigError(f"csv: {file} after line {line}: {err}") from None
+        return header, lines, rows
+
     def read(self, file: Path, layout: str) -> Listing:
-        with open(file, newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-        header = set(rows[0]) if rows else set()
+        names, lines, rows = self._rows(file)
+        header = set(names)
         missing = {"path", "label", "split"} - header
         if missing:
-            raise ConfigError(f"csv: {file} lacks the column(s) {sorted(missing)} (needs path,label,split)")
+            hint = ""
+            if len(names) == 1 and any(sep in names[0] for sep in ";\t"):
+                hint = "; the header is one field: save the file comma-separated"
+            raise ConfigError(
+                f"csv: {file} lacks the column(s) {sorted(missing)} (needs path,label,split){hint}"
+            )
+        if not rows:
+            raise ConfigError(f"csv: {file} lists no images (only a header)")
         has_qg = {"is_query", "is_gallery"} & header
         if len(has_qg) == 1:
             raise ConfigError(
                 f"csv: {file} has {has_qg.pop()} but not its partner; give both is_query and is_gallery"
             )
         needed = ["path", "label", "split", *sorted(has_qg)]
-        for i, r in enumerate(rows):  # DictReader fills a short row's missing fields with None
+        for line, r in zip(lines, rows, strict=True):  # DictReader fills a short row's fields with None
             short = [c for c in needed if r.get(c) is None]
             if short:
-                raise ConfigError(f"csv: {file} row {i + 2} has no value for {short}")
+                raise ConfigError(f"csv: {file} row {line} has no value for {short}")
+            blank = [c for c in ("path", "label", "split") if not r[c].strip()]
+            if blank:
+                raise ConfigError(
+                    f"csv: {file} row {line}: empty {' and '.join(blank)}; every image needs a path, "
+                    f"a label and a split"
+                )
         base = file.parent
         split = np.asarray([r["split"].strip().lower() for r in rows], dtype=object)
         split[split == "val"] = "validation"
@@ -99,12 +139,11 @@ class CSVDataset(ImageDataset):
         test = split == "test"
         is_query = is_gallery = None
         if has_qg:
-            is_query = np.asarray([_bool(r["is_query"], f"{file} row {i + 2}") for i, r in enumerate(rows)])[
+            where = [f"{file} row {line}" for line in lines]
+            is_query = np.asarray([_bool(r["is_query"], w) for w, r in zip(where, rows, strict=True)])[test]
+            is_gallery = np.asarray([_bool(r["is_gallery"], w) for w, r in zip(where, rows, strict=True)])[
                 test
             ]
-            is_gallery = np.asarray(
-                [_bool(r["is_gallery"], f"{file} row {i + 2}") for i, r in enumerate(rows)]
-            )[test]
         val = split == "validation"
         return Listing(
             list(paths[split == "train"]),

@@ -53,7 +53,7 @@ class CUB200(ImageDataset):
 
     def read(self, root: Path, layout: str) -> Listing:
         if layout == "study":
-            paths, ids = images_of_classes(numbered_class_folders(root / "images", self.name))
+            paths, ids = images_of_classes(numbered_class_folders(root / "images", self.name), self.name)
             if not paths:
                 raise ConfigError(
                     f"{self.name}: no images under {root / 'images'} (expected {self.layouts['study']})"

@@ -8,7 +8,8 @@ Layouts (under ``<source_path>/folder`` or ``<source_path>`` itself):
   the second half test, the standard zero-shot protocol.
 
 Class folders are the labels (re-indexed 0..C-1 per split); files with an image extension
-(``.jpg .jpeg .png .bmp .webp``, any case) are used, hidden files skipped.
+(``.jpg .jpeg .png .bmp .webp``, any case) are used, hidden files skipped; a class folder without
+images is refused (naming it), as in every folder-per-class layout.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from utilities.errors import ConfigError
 
 def read_class_folders(root: Path) -> tuple[list[str], np.ndarray]:
     """(image paths, class folder name per image) for ``<root>/<class>/*``."""
-    return images_of_classes((folder.name, folder) for folder in subfolders(root))
+    return images_of_classes(((folder.name, folder) for folder in subfolders(root)), "folder")
 
 
 class Folder(ImageDataset):

@@ -26,12 +26,13 @@ torch RNG (seeded per DataLoader worker), so with ``--data_decode full`` an imag
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 
 import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as F
-from PIL import Image, JpegImagePlugin
+from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
 from utilities.errors import ConfigError
 
@@ -40,7 +41,54 @@ DRAFT_SCALES = (8, 4, 2)
 
 
 class UnreadableImageError(ConfigError):
-    """An image file that is missing, not an image, or truncated."""
+    """An image file that is missing, not an image, or truncated; the message is one line,
+    :func:`unreadable_message`.
+
+    Raised in a DataLoader worker, the error reaches the main process re-built by torch
+    (``torch._utils.ExceptionWrapper.reraise`` calls ``cls(text)`` with a text of several lines:
+    "Caught UnreadableImageError in DataLoader worker process N.", "Original Traceback (most
+    recent call last):", the worker's traceback, and last "datasets.transforms.UnreadableImageError:
+    <message>"). The constructor recognises that form and keeps only the original one-line
+    message; the worker's traceback, which says nothing more about a bad file, stays in
+    ``worker_traceback``."""
+
+    def __init__(self, text: str = "") -> None:
+        self.worker_traceback = ""
+        if _WORKER_MARK in text:
+            self.worker_traceback = text
+            last = text.rstrip().splitlines()[-1]
+            prefix = f"{type(self).__module__}.{type(self).__qualname__}: "
+            text = last[len(prefix) :] if last.startswith(prefix) else last.partition(": ")[2] or last
+        super().__init__(text)
+
+
+_WORKER_MARK = "\nOriginal Traceback (most recent call last):"
+# what PIL raises for a file it cannot decode (struct.error: malformed headers, EOFError: short files)
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
+
+
+def error_reason(err: BaseException) -> str:
+    """A short one-line reason for a decode error of PIL (its message without the file name)."""
+    if isinstance(err, UnidentifiedImageError):
+        return "not an image file of a format PIL reads"
+    if isinstance(err, FileNotFoundError):
+        return "file not found"
+    if isinstance(err, OSError) and err.errno is not None and err.strerror:
+        return err.strerror  # "Permission denied", "Input/output error": without the repeated path
+    text = " ".join(str(err).split()) or type(err).__name__
+    if (
+        "truncated" in text.lower()
+    ):  # "image file is truncated (N bytes not processed)", "Truncated File Read"
+        return "truncated file"
+    if isinstance(err, Image.DecompressionBombError):
+        return text.split(" could be decompression bomb")[0]
+    return text
+
+
+def unreadable_message(path: str, reason: str, dataset: str = "") -> str:
+    """``<dataset>: cannot read image <path> (<reason>); remove or replace it``, one line."""
+    where = f"{dataset}: " if dataset else ""
+    return f"{where}cannot read image {path} ({reason}); remove or replace it"
 
 
 def _draft(img: Image.Image, need_w: float, need_h: float, enabled: bool) -> tuple[float, float]:
@@ -126,19 +174,21 @@ def to_uint8(img: Image.Image | torch.Tensor) -> torch.Tensor:
 class ImageTransform:
     """Compose the steps on a lazily opened PIL image; closes it and names the file on errors."""
 
-    def __init__(self, steps: list[Callable], name: str) -> None:
+    def __init__(self, steps: list[Callable], name: str, dataset: str = "") -> None:
         self.steps = steps
         self.name = name
+        self.dataset = dataset  # names the dataset in the error message
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
+        path = getattr(img, "filename", "") or "<in-memory>"
         try:
             for step in self.steps:
                 img = step(img)
             return to_uint8(img)
-        except (OSError, SyntaxError, ValueError) as err:
-            raise UnreadableImageError(
-                f"cannot decode image {getattr(img, 'filename', '') or '<in-memory>'}: {err}"
-            ) from None
+        except UnreadableImageError:
+            raise
+        except DECODE_ERRORS as err:
+            raise UnreadableImageError(unreadable_message(path, error_reason(err), self.dataset)) from None
         finally:
             if isinstance(img, Image.Image):
                 img.close()
@@ -148,9 +198,10 @@ class ImageTransform:
 
 
 def build_transforms(
-    augmentation: str, crop: int, resize: int = 256, draft: bool = True
+    augmentation: str, crop: int, resize: int = 256, draft: bool = True, dataset: str = ""
 ) -> tuple[ImageTransform, ImageTransform]:
-    """(train transform, eval transform) for ``--augmentation``, crop size and eval resize."""
+    """(train transform, eval transform) for ``--augmentation``, crop size and eval resize;
+    ``dataset`` names the dataset in the message of an image that cannot be decoded."""
     if augmentation == "big":
         crop = resize
     flip = T.RandomHorizontalFlip(0.5)
@@ -168,7 +219,7 @@ def build_transforms(
     else:
         raise ConfigError(f"unknown --augmentation '{augmentation}'; choose from: base, adv, big, red")
     evaluation = [ResizeFast(resize, draft), T.CenterCrop(crop)]
-    return ImageTransform(train, augmentation), ImageTransform(evaluation, "eval")
+    return ImageTransform(train, augmentation, dataset), ImageTransform(evaluation, "eval", dataset)
 
 
 def torchvision_reference(augmentation: str, crop: int, resize: int = 256) -> tuple[T.Compose, T.Compose]:
