@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> dict:
     # ---- model, optimiser, state ----------------------------------------------------------------
     model = architectures.select(opt.arch, opt).to(device)
     if opt.evaluate_only:
-        return evaluate_checkpoint(model, state, eval_loaders, opt, device, metric_device, RunLogger(opt))
+        return evaluate_checkpoint(
+            model, state, eval_loaders, opt, device, metric_device, lambda: RunLogger(opt)
+        )
     optimizer = build_optimizer(model, criterion, opt)
     scheduler = build_scheduler(optimizer, opt)
     parts = {  # every stateful object of the run, each saved by itself; the process RNGs last
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     history: dict[str, list[dict | None]] = {s: [] for s in eval_loaders}
     best_epoch, start_epoch, wall_before = None, 0, 0.0
     if state is not None:  # --resume: continue after the last completed epoch
-        checkpoint.restore(state, parts)
+        checkpoint.restore(state, parts, source=Path(opt.resume) / "checkpoint_last.pt")
         history, best_epoch, wall_before = state["history"], state["best_epoch"], state["wall_time"]
         start_epoch = state["epoch"] + 1
     sampler.init_storage(lambda: embed(model, make_loader(splits["evaluation"], opt), device)[0])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,76 @@ import datasampler
 import datasets
 from evaluation.options import add_evaluation_args, add_setup_args, metric_name
 from utilities import checkpoint
+from utilities.cli import ShortUsageParser as Parser
 from utilities.cli import explicit_flags, stored_namespace
 from utilities.errors import ConfigError
+from utilities.logger import check_writable, probe_lock
+
+# ---- argparse value types: a bad value is argparse's one error line, before anything runs ----------
+
+
+def finite_float(text: str) -> float:
+    """A float that is neither nan nor +-inf (every float flag, plugin flags included)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def fc_lr_value(text: str) -> float:
+    """``--fc_lr``: a learning rate >= 0, or -1 for "no separate rate"."""
+    value = finite_float(text)
+    if value < 0 and value != -1:
+        raise argparse.ArgumentTypeError(f"must be >= 0, or -1 for no separate rate; got {text!r}")
+    return value
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def path_component(text: str) -> str:
+    """A name used as one folder of the run's path (``--savename``, ``--group``): no separator, no
+    ``..``, not empty, not absolute, so the run folder always lies inside ``--save_path``."""
+    if not text or text in (".", "..") or any(c in text for c in "/\\\0") or os.path.isabs(text):
+        raise argparse.ArgumentTypeError(
+            f"must be a single folder name (no '/', '\\', '..', not empty), got {text!r}"
+        )
+    return text
 
 
 def basic_training_parameters(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +118,7 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> None:
         help="validation split by a fraction of the samples of each class, not by classes",
     )
     data.add_argument(
-        "--tv_split_perc", type=float, default=0.8, help="training fraction of the train/val split"
+        "--tv_split_perc", type=finite_float, default=0.8, help="training fraction of the train/val split"
     )
     data.add_argument(
         "--augmentation",
@@ -76,24 +145,24 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> None:
     )
 
     train = parser.add_argument_group("optimisation")
-    train.add_argument("--lr", type=float, default=1e-5, help="learning rate of the network")
+    train.add_argument("--lr", type=non_negative_float, default=1e-5, help="learning rate of the network")
     train.add_argument(
         "--fc_lr",
-        type=float,
+        type=fc_lr_value,
         default=-1,
-        help="if >= 0, separate learning rate of the embedding head (last_linear)",
+        help="if >= 0, separate learning rate of the embedding head (last_linear); -1: off",
     )
-    train.add_argument("--decay", type=float, default=4e-4, help="weight decay of the network")
-    train.add_argument("--n_epochs", type=int, default=150)
-    train.add_argument("--kernels", type=int, default=6, help="DataLoader worker processes")
-    train.add_argument("--bs", type=int, default=112, help="batch size")
+    train.add_argument("--decay", type=non_negative_float, default=4e-4, help="weight decay of the network")
+    train.add_argument("--n_epochs", type=positive_int, default=150)
+    train.add_argument("--kernels", type=non_negative_int, default=6, help="DataLoader worker processes")
+    train.add_argument("--bs", type=positive_int, default=112, help="batch size")
     train.add_argument(
         "--scheduler",
         default="step",
         choices=["step", "cosine", "none"],
         help="step: MultiStepLR at --tau epochs; cosine; none",
     )
-    train.add_argument("--gamma", type=float, default=0.3, help="MultiStepLR decay factor")
+    train.add_argument("--gamma", type=finite_float, default=0.3, help="MultiStepLR decay factor")
     train.add_argument("--tau", type=int, nargs="+", default=[1000], help="MultiStepLR milestones (epochs)")
     train.add_argument(
         "--optim", default="adam", choices=["adam", "adamw", "sgd"], help="SGD uses momentum 0.9"
@@ -103,10 +172,10 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> None:
     plug.add_argument("--loss", default="margin", help="criterion (criteria/)")
     plug.add_argument("--batch_mining", default="distance", help="batch miner (batch_mining/)")
     plug.add_argument("--data_sampler", default="class_random", help="batch sampler (datasampler/)")
-    plug.add_argument("--samples_per_class", type=int, default=2, help="images per class in a batch")
+    plug.add_argument("--samples_per_class", type=positive_int, default=2, help="images per class in a batch")
 
     net = parser.add_argument_group("network")
-    net.add_argument("--embed_dim", type=int, default=128, help="embedding dimension")
+    net.add_argument("--embed_dim", type=positive_int, default=128, help="embedding dimension")
     net.add_argument("--not_pretrained", action="store_true", help="random instead of ImageNet weights")
     net.add_argument(
         "--arch",
@@ -157,6 +226,7 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> None:
     add_setup_args(setup)
     setup.add_argument(
         "--savename",
+        type=path_component,
         default="group_plus_seed",
         help="run folder name; default: <group>_s<seed> with --log_online, else a timestamp",
     )
@@ -185,11 +255,23 @@ def wandb_parameters(parser: argparse.ArgumentParser) -> None:
     wb = parser.add_argument_group("wandb", "the API key comes from WANDB_API_KEY or `wandb login`")
     wb.add_argument("--log_online", action="store_true", help="log to Weights & Biases")
     wb.add_argument("--project", default="Sample_Project", help="W&B project")
-    wb.add_argument("--group", default="Sample_Group", help="W&B group; the seeds of one setup share it")
+    wb.add_argument(
+        "--group",
+        type=path_component,
+        default="Sample_Group",
+        help="W&B group; the seeds of one setup share it",
+    )
+    wb.add_argument(
+        "--wandb_timeout",
+        type=positive_float,
+        default=10.0,
+        help="seconds to wait for the W&B server at start; then the run logs locally only",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
+        prog="main.py",
         description="Deep metric learning benchmark (Revisiting DML, ICML 2020, corrected).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -213,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     for action in parser._actions:
         if action.dest in choices:
             action.help += f"; one of: {', '.join(choices[action.dest].names())}"
+        if action.type is float:  # plugin hyperparameters: nan / inf never make a run
+            action.type = finite_float
     parser.epilog = f"backbones: {', '.join(architectures.REGISTRY.names())}"
     return parser
 
@@ -223,7 +307,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 # ---- --resume / --evaluate_only --------------------------------------------------------------------
 
-# Runtime flags that may differ when a run is resumed; any other explicit flag would silently change
+# Runtime flags that may differ when a run is resumed; any other explicit flag must equal the
+# stored value (re-running the original command with --resume works), else it would silently change
 # the experiment and is refused.
 RESUME_OVERRIDABLE = {
     "resume",
@@ -234,14 +319,21 @@ RESUME_OVERRIDABLE = {
     "log_online",
     "evaluate_on_gpu",
     "kernels",
+    "wandb_timeout",
 }
 # Flags that describe the process, not the experiment: never restored from a stored run.
 NOT_RESTORED = {"resume", "evaluate_only", "checkpoint"}
+# What main.py puts into every checkpoint besides the parts' states.
+CHECKPOINT_KEYS = ("args", "epoch", "rows", "history", "best_epoch", "wall_time", "model")
 
 
 def parse_run(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[str, Any] | None]:
     """Parse the command line; with ``--resume`` / ``--evaluate_only`` also load the stored run's
-    arguments and checkpoint. Returns ``(opt, state)``; ``state`` is None for a fresh run."""
+    arguments and checkpoint. Returns ``(opt, state)``; ``state`` is None for a fresh run.
+
+    Everything that can be checked without data is checked here, before anything is written: flag
+    values (argparse types), a stored run's files, flags that differ from the stored ones, that the
+    run folder is free (not locked by another process) and that the results can be written."""
     parser = build_parser()
     opt = parser.parse_args(argv)
     if opt.resume and opt.evaluate_only:
@@ -249,8 +341,11 @@ def parse_run(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[s
     if opt.resume:
         return _resume_namespace(parser, argv, opt)
     if opt.evaluate_only:
-        return _evaluate_namespace(parser, argv, opt)
-    return opt, None
+        new, state = _evaluate_namespace(parser, argv, opt)
+    else:
+        new, state = opt, None
+    check_writable(Path(new.save_path) / new.dataset)
+    return new, state
 
 
 def _resume_namespace(
@@ -261,20 +356,85 @@ def _resume_namespace(
     args_file = folder / "args.json"
     if not args_file.is_file():
         raise ConfigError(f"--resume {folder}: not a run folder (no args.json in it)")
+    stored = _read_args_json(args_file)
+    last, best = folder / "checkpoint_last.pt", folder / "checkpoint_best.pt"
+    state = _upgrade(_read_last_checkpoint(last, best)) if last.is_file() else None
+    if state is not None:
+        stored = state["args"]
     explicit = explicit_flags(parser, argv)
-    forbidden = sorted(set(explicit) - RESUME_OVERRIDABLE)
-    if forbidden:
-        raise ConfigError(
-            "--resume continues a run with its stored configuration; these flags cannot be changed: "
-            + ", ".join(f"--{k}" for k in forbidden)
-            + f" (allowed: {', '.join('--' + k for k in sorted(RESUME_OVERRIDABLE - {'resume'}))})"
-        )
-    last = folder / "checkpoint_last.pt"
-    state = _upgrade(checkpoint.load(last)) if last.is_file() else None
-    stored = state["args"] if state is not None else json.loads(args_file.read_text())["args"]
+    _refuse_changed_flags(parser, explicit, stored)
     new = stored_namespace(opt, stored, explicit, NOT_RESTORED)
     new.resume = str(folder)
+    if state is not None and new.n_epochs <= state["epoch"]:
+        raise ConfigError(
+            f"--resume {folder}: run already has {state['epoch'] + 1} epochs; --n_epochs must be larger "
+            f"to extend it (given {new.n_epochs})"
+        )
+    probe_lock(folder)
+    check_writable(folder, "--resume")
     return new, state
+
+
+def _read_args_json(path: Path) -> dict[str, Any]:
+    """The ``args`` of a run folder's args.json; a damaged file is one line naming it."""
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"--resume: cannot read {path}: {type(err).__name__}: {err}") from None
+    if not isinstance(info, dict) or not isinstance(info.get("args"), dict):
+        raise ConfigError(f"--resume: cannot read {path}: no 'args' object in it")
+    return info["args"]
+
+
+def _read_last_checkpoint(last: Path, best: Path) -> dict[str, Any]:
+    """checkpoint_last.pt of a run folder; if it is damaged the error says whether
+    checkpoint_best.pt can take its place."""
+    if best.is_file():
+        hint = f"; {best.name} exists: copy it to {last} to resume from the best epoch"
+    else:
+        hint = f"; delete it to restart the run from epoch 0 ({best.name} does not exist)"
+    try:
+        state = checkpoint.load(last)
+    except ConfigError as err:
+        raise ConfigError(f"--resume: {err}{hint}") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ConfigError(f"--resume: {last} is not a checkpoint written by main.py (no {missing[0]}){hint}")
+    return state
+
+
+def _refuse_changed_flags(
+    parser: argparse.ArgumentParser, explicit: dict[str, Any], stored: dict[str, Any]
+) -> None:
+    """Explicit flags of a --resume must equal the stored ones (runtime flags excepted)."""
+    changed = []
+    for key in sorted(set(explicit) - RESUME_OVERRIDABLE):
+        before = stored.get(key, parser.get_default(key))  # a flag added later: its default
+        if not _same(before, explicit[key]):
+            changed.append(f"--{key}: stored {_show(before)}, given {_show(explicit[key])}")
+    if changed:
+        raise ConfigError(
+            "--resume continues a run with its stored configuration; these flags differ from it: "
+            + "; ".join(changed)
+            + f" (changeable: {', '.join('--' + k for k in sorted(RESUME_OVERRIDABLE - {'resume'}))})"
+        )
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as flag values: lists element-wise (JSON stores tuples as lists), 1e-3 == 0.001."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    return a == b
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return " ".join(_show(v) for v in value)
+    if value == "":
+        return "''"
+    return str(value)
 
 
 def _upgrade(state: dict[str, Any]) -> dict[str, Any]:
@@ -299,7 +459,7 @@ def _evaluate_namespace(
     if not path.is_file():
         raise ConfigError(f"--checkpoint {path}: no such file")
     state = checkpoint.load(path)
-    if "model" not in state or "args" not in state:
+    if not isinstance(state, dict) or "model" not in state or not isinstance(state.get("args"), dict):
         raise ConfigError(f"--checkpoint {path}: not a checkpoint written by main.py (no model/args)")
     explicit = explicit_flags(parser, argv)
     new = stored_namespace(opt, state["args"], explicit, NOT_RESTORED)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,9 @@ from torch import nn
 
 import metrics
 from metrics.ranking import check_backend
+from utilities.checkpoint import load_weights
 from utilities.errors import ConfigError
-from utilities.logger import RunLogger
+from utilities.logger import RunLogger, writing
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +66,9 @@ def save_embeddings(path: str | Path, embeddings: torch.Tensor, labels: torch.Te
         if value is not None:
             arrays[key] = value.detach().cpu().numpy() if torch.is_tensor(value) else np.asarray(value)
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    with writing(path):  # a full disk is one line naming the file, not a numpy traceback
+        np.savez(tmp, **arrays)
+        tmp.replace(path)
     return path
 
 
@@ -196,12 +199,27 @@ def evaluate_checkpoint(
     opt,
     device: torch.device,
     metric_device: torch.device,
-    logger: RunLogger,
+    logger: RunLogger | Callable[[], RunLogger],
 ) -> dict[str, Any]:
     """``main.py --evaluate_only``: the checkpoint's weights, every split evaluated once, and a run
-    folder (args.json, metrics.csv at the checkpoint's epoch, summary.json) like a training run's."""
+    folder (args.json, metrics.csv at the checkpoint's epoch, summary.json) like a training run's.
+
+    Weights that do not fit the model (another ``--arch`` or ``--embed_dim``) are a one-line
+    ConfigError naming the first mismatching tensor, and leave no run folder: ``logger`` may be a
+    factory called once the weights are in, or a fresh RunLogger, whose folder is then removed."""
     start = time.time()
-    model.load_state_dict(state["model"])
+    try:
+        load_weights(
+            model,
+            state["model"],
+            f"--checkpoint {opt.checkpoint} (--arch {opt.arch} --embed_dim {opt.embed_dim})",
+        )
+    except ConfigError:
+        if isinstance(logger, RunLogger):
+            logger.discard()
+        raise
+    if not isinstance(logger, RunLogger):
+        logger = logger()
     epoch = int(state["epoch"])
     results = evaluate_splits(model, loaders, opt, device, metric_device, folder=logger.folder, epoch=epoch)
     for split, res in results.items():

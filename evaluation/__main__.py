@@ -19,7 +19,7 @@ import torch
 
 import metrics
 from evaluation.options import add_evaluation_args, add_setup_args
-from utilities.cli import run_entry_point, setup_logging
+from utilities.cli import ShortUsageParser, run_entry_point, setup_logging
 from utilities.errors import ConfigError
 from utilities.seeding import resolve_device
 
@@ -27,7 +27,7 @@ log = logging.getLogger("evaluation")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ShortUsageParser(
         prog="python -m evaluation",
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

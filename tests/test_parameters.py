@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
+import sys
+
+import pytest
+
+import main
 import parameters
 
 
@@ -75,3 +81,88 @@ def test_help_lists_plugin_flags_grouped():
 def test_no_flag_for_the_api_key():
     text = parameters.build_parser().format_help()
     assert "wandb_key" not in text and "api_key" not in text
+
+
+# ---- bad values are refused at parse time: a short usage pointer plus argparse's one error line ----
+
+BAD_VALUES = [
+    (["--lr", "-1"], "argument --lr: must be >= 0, got '-1'"),
+    (["--lr", "nan"], "argument --lr: must be a finite number, got 'nan'"),
+    (["--lr", "inf"], "argument --lr: must be a finite number, got 'inf'"),
+    (["--lr", "fast"], "argument --lr: invalid float value: 'fast'"),
+    (["--decay=-1e-4"], "argument --decay: must be >= 0, got '-1e-4'"),
+    (["--fc_lr", "-0.5"], "argument --fc_lr: must be >= 0, or -1 for no separate rate; got '-0.5'"),
+    (["--fc_lr=-inf"], "argument --fc_lr: must be a finite number, got '-inf'"),
+    (["--gamma", "nan"], "argument --gamma: must be a finite number, got 'nan'"),
+    (["--tv_split_perc", "inf"], "argument --tv_split_perc: must be a finite number, got 'inf'"),
+    (["--loss_margin_beta", "nan"], "argument --loss_margin_beta: must be a finite number, got 'nan'"),
+    (["--miner_distance_upper_cutoff", "inf"], "argument --miner_distance_upper_cutoff: must be a finite"),
+    (["--n_epochs", "0"], "argument --n_epochs: must be >= 1, got '0'"),
+    (["--embed_dim", "0"], "argument --embed_dim: must be >= 1, got '0'"),
+    (["--embed_dim", "-8"], "argument --embed_dim: must be >= 1, got '-8'"),
+    (["--kernels", "-1"], "argument --kernels: must be >= 0, got '-1'"),
+    (["--bs", "0"], "argument --bs: must be >= 1, got '0'"),
+    (["--samples_per_class", "0"], "argument --samples_per_class: must be >= 1, got '0'"),
+    (["--n_epochs", "2.5"], "argument --n_epochs: invalid int value: '2.5'"),
+    (["--wandb_timeout", "0"], "argument --wandb_timeout: must be > 0, got '0'"),
+    (["--savename", "../../escape"], "argument --savename: must be a single folder name"),
+    (["--savename", "/tmp/abs"], "argument --savename: must be a single folder name"),
+    (["--savename", "a/b"], "argument --savename: must be a single folder name"),
+    (["--savename", "a\\b"], "argument --savename: must be a single folder name"),
+    (["--savename", ".."], "argument --savename: must be a single folder name"),
+    (["--savename", ""], "argument --savename: must be a single folder name"),
+    (["--group", "x/../../y"], "argument --group: must be a single folder name"),
+    (["--no_such_flag"], "unrecognized arguments: --no_such_flag"),
+]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"), BAD_VALUES, ids=lambda x: " ".join(x) if isinstance(x, list) else ""
+)
+def test_bad_value_is_a_short_usage_and_one_error_line(tmp_path, monkeypatch, capsys, flags, message):
+    save = tmp_path / "results"
+    argv = ["--dataset", "digits", "--no_progress", "--save_path", str(save), *flags]
+    monkeypatch.setattr(sys, "argv", ["main.py", *argv])
+    with pytest.raises(SystemExit) as exc:
+        main.cli()
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    usage, error = err.splitlines()  # exactly two lines, no traceback, no 113-line usage block
+    assert usage == "usage: main.py [options]; see --help"
+    assert error.startswith("error: ") and message in error, error
+    assert not save.exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "key", "value"),
+    [
+        (["--fc_lr", "-1"], "fc_lr", -1.0),
+        (["--fc_lr", "0"], "fc_lr", 0.0),
+        (["--lr", "0"], "lr", 0.0),
+        (["--kernels", "0"], "kernels", 0),
+        (["--loss_margin_beta", "-0.5"], "loss_margin_beta", -0.5),  # finite: plugin flags keep their range
+        (["--savename", "run.v2_a-b"], "savename", "run.v2_a-b"),
+        (["--wandb_timeout", "2.5"], "wandb_timeout", 2.5),
+    ],
+)
+def test_edge_values_that_are_valid(flags, key, value):
+    assert getattr(parameters.parse(flags), key) == value
+
+
+def test_every_float_flag_refuses_nan():
+    """Every float-typed flag, plugin hyperparameters included, goes through the finite check."""
+    parser = parameters.build_parser()
+    float_flags = [a for a in parser._actions if a.type is parameters.finite_float]
+    assert len(float_flags) > 40  # the global float flags and the registries' float hyperparameters
+    assert not [a.dest for a in parser._actions if a.type is float]
+    for action in float_flags:
+        with pytest.raises(argparse.ArgumentTypeError, match="finite"):
+            action.type("nan")
+
+
+def test_help_keeps_the_full_usage(capsys):
+    with pytest.raises(SystemExit) as exc:
+        parameters.parse(["--help"])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0
+    assert out.startswith("usage: main.py [-h]") and "--loss_margin_beta_lr" in out.split("\n\n")[0]

@@ -72,6 +72,17 @@ def run_entry_point(main: Callable[[], Any]) -> None:
         sys.exit(130)
 
 
+class ShortUsageParser(argparse.ArgumentParser):
+    """An argparse parser whose errors are two short lines (a pointer to ``--help`` and the error)
+    instead of the usage block of every flag."""
+
+    def format_usage(self) -> str:
+        return f"usage: {self.prog} [options]; see --help\n"
+
+    def error(self, message: str):
+        self.exit(2, f"{self.format_usage()}error: {message}\n")
+
+
 def explicit_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> dict[str, Any]:
     """The flags present on the command line (defaults suppressed), as ``{dest: value}``."""
     saved = [(action, action.default) for action in parser._actions]
