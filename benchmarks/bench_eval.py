@@ -20,6 +20,12 @@ does not fit in memory at SOP scale) on the same data. Every measurement runs in
 Both sides first run once on a tiny input (one-time imports, kernel loading, thread pools), then
 the median of ``--repeats`` timed runs is reported.
 Prints a timing table (total and per stage) and the metric values side by side.
+
+``--sweep 200000 1000000`` instead runs the scale sweep beyond SOP: a clustered unit-norm gallery
+of that size (classes of 10) and ``--sweep_queries`` (10,000) queries, query/gallery protocol,
+e_recall@1/@10, precision@1 and mAP@R with the exact ranking pass and with faiss (flat = exact,
+ivf, hnsw, ivfpq with their default parameters): time, extra memory, the metrics and each
+approximate index's ``search_recall@k`` against exact search.
 """
 
 from __future__ import annotations
@@ -203,8 +209,102 @@ def in_subprocess(kind: str, scale: str, threads: int, backend: str, repeats: in
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+# ---- the scale sweep beyond SOP: query/gallery protocol, exact vs faiss indexes -------------------
+
+SWEEP_METRICS = ["e_recall@1", "e_recall@10", "precision@1", "mAP@R"]
+SWEEP_CONFIGS = {  # name -> (backend, index)
+    "exact (ranking pass)": ("auto", "flat"),
+    "faiss flat": ("faiss", "flat"),
+    "faiss ivf": ("faiss", "ivf"),
+    "faiss hnsw": ("faiss", "hnsw"),
+    "faiss ivfpq": ("faiss", "ivfpq"),
+}
+
+
+def sweep_data(n_gallery: int, n_queries: int, per_class: int = 10, seed: int = 0):
+    """A clustered unit-norm gallery of ``n_gallery`` (classes of ``per_class``) and ``n_queries``
+    queries of random gallery classes; returns embeddings, labels and the query/gallery masks."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    c = n_gallery // per_class
+    labels = np.concatenate([np.repeat(np.arange(c), per_class), rng.integers(0, c, n_queries)])
+    centres = (rng.standard_normal((c, DIM)) / np.sqrt(DIM)).astype(np.float32)
+    x = centres[labels] + np.float32(0.12) * rng.standard_normal((len(labels), DIM), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    is_query = np.zeros(len(labels), dtype=bool)
+    is_query[n_gallery:] = True
+    return x, labels.astype(np.int64), is_query
+
+
+def run_sweep_point(n_gallery: int, n_queries: int, config: str, threads: int) -> dict:
+    import torch
+
+    import metrics
+
+    torch.set_num_threads(threads)
+    backend, index = SWEEP_CONFIGS[config]
+    warm = torch.nn.functional.normalize(torch.randn(640, 8), dim=1)  # loads kernels / faiss
+    metrics.compute(SWEEP_METRICS, warm, torch.arange(640) % 8, backend=backend, index=index)
+    x, y, q = sweep_data(n_gallery, n_queries)
+    x, y, q = torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(q)
+    base = rss_mb()
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    values = metrics.compute(
+        SWEEP_METRICS,
+        x,
+        y,
+        query_mask=q,
+        gallery_mask=~q,
+        seed=1,
+        backend=backend,
+        index=index,
+        timings=timings,
+    )
+    return {"total": time.perf_counter() - start, "extra_mb": peak_mb() - base, "values": values}
+
+
+def sweep(sizes: list[int], n_queries: int, threads: int, configs: list[str]) -> None:
+    rows = []
+    for n in sizes:
+        for config in configs:
+            cmd = [sys.executable, __file__, "--_sweep_point", str(n), str(n_queries), config]
+            cmd += ["--threads", str(threads)]
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode != 0:
+                print(f"{config} at {n}: failed: {out.stderr.strip().splitlines()[-1:]}", flush=True)
+                continue
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append((n, config, r))
+            print(json.dumps({"gallery": n, "config": config, **r}), flush=True)
+    print(f"\nquery/gallery sweep: {n_queries:,} queries, D={DIM}, threads={threads}; seconds, MB")
+    print(
+        "| gallery | backend / index | total s | extra MB | e_recall@1 | e_recall@10 | mAP@R | search_recall |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for n, config, r in rows:
+        v = r["values"]
+        recall = next((f"{v[k]:.4f} ({k})" for k in v if k.startswith("search_recall@")), "exact")
+        print(
+            f"| {n:,} | {config} | {r['total']:.1f} | {r['extra_mb']:.0f} | {v['e_recall@1']:.4f} | "
+            f"{v['e_recall@10']:.4f} | {v['mAP@R']:.4f} | {recall} |"
+        )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--sweep",
+        type=int,
+        nargs="+",
+        default=None,
+        help="instead of the CUB/CARS/SOP comparison: gallery sizes of the query/gallery scale sweep "
+        "(e.g. 200000 1000000), exact ranking pass vs faiss flat/ivf/hnsw/ivfpq",
+    )
+    p.add_argument("--sweep_queries", type=int, default=10_000)
+    p.add_argument("--sweep_configs", nargs="+", default=list(SWEEP_CONFIGS), choices=list(SWEEP_CONFIGS))
+    p.add_argument("--_sweep_point", nargs=3, default=None, help=argparse.SUPPRESS)
     p.add_argument("--scales", nargs="+", default=list(SCALES), choices=list(SCALES))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--backend", default="auto", choices=["auto", "numba", "torch"])
@@ -224,6 +324,13 @@ def main() -> None:
     )
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     opt = p.parse_args()
+    if opt._sweep_point:
+        n, nq, config = opt._sweep_point
+        print(json.dumps(run_sweep_point(int(n), int(nq), config, opt.threads)))
+        return
+    if opt.sweep:
+        sweep(opt.sweep, opt.sweep_queries, opt.threads, opt.sweep_configs)
+        return
     global METRIC_SET
     METRIC_SET = opt.metric_set
     if opt._worker:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 import metrics
+from evaluation.options import search_options
 from metrics.ranking import check_backend
 from utilities.checkpoint import load_weights
 from utilities.errors import ConfigError
@@ -80,14 +81,14 @@ def evaluate_split(
     *,
     seed: int = 0,
     metric_device: torch.device | str = "cpu",
-    backend: str = "auto",
-    chunk: int | None = None,
     save_to: str | Path | None = None,
     epoch: int | None = None,
+    **search: Any,
 ) -> dict[str, float | list[float]]:
     """All ``metric_names`` on one split, plus ``eval_time`` (seconds, embedding included; a CSV
     column) and ``eval_time_stages`` (a dict of seconds per stage: embed, ranking, kmeans, svd, ...; kept out
-    of the CSV, which holds scalars, but stored in the run's history and summary)."""
+    of the CSV, which holds scalars, but stored in the run's history and summary). ``search``: the
+    retrieval options of :func:`metrics.compute` (backend, chunk, faiss index, k-means)."""
     start = time.perf_counter()
     embeddings, labels = embed(model, loader, device)
     t_embed = time.perf_counter() - start
@@ -110,9 +111,8 @@ def evaluate_split(
         gallery_mask=is_gallery,
         seed=seed,
         device=metric_device,
-        backend=backend,
-        chunk=chunk,
         timings=timings,
+        **search,
     )
     results["eval_time"] = time.perf_counter() - start
     results["eval_time_stages"] = {"embed": t_embed, **timings}
@@ -120,9 +120,11 @@ def evaluate_split(
 
 
 def format_results(results: dict, names: list[str]) -> str:
-    """``"e_recall@1 0.8123, ..."`` for the scalar metrics among ``names`` (arrays are skipped)."""
+    """``"e_recall@1 0.8123, ..."`` for the scalar metrics among ``names`` (arrays are skipped), and
+    an approximate search's ``search_recall@k`` against exact search, which a table must not hide."""
+    shown = [*names, *(k for k in results if k.startswith("search_recall@"))]
     return ", ".join(
-        f"{k} {results[k]:.4f}" for k in names if k in results and not metrics.is_array(results[k])
+        f"{k} {results[k]:.4f}" for k in shown if k in results and not metrics.is_array(results[k])
     )
 
 
@@ -180,13 +182,16 @@ def check_options(opt, metric_device: torch.device) -> None:
         )
     if metrics.returns_array(key):
         raise ConfigError(f"--storage_metrics {key}: an array metric cannot select an epoch")
+    try:
+        metrics.check_faiss_request(opt.evaluation_metrics, opt.eval_backend, opt.eval_index)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def eval_options(opt, split: str, folder: Path, epoch: int) -> dict:
     """The keyword arguments of :func:`evaluate_split` that come from the evaluation flags."""
     return {
-        "backend": opt.eval_backend,
-        "chunk": opt.eval_chunk or None,
+        **search_options(opt),
         "save_to": Path(folder) / f"embeddings_{split}.npz" if opt.save_embeddings else None,
         "epoch": epoch,
     }

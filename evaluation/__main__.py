@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 import metrics
-from evaluation.options import add_evaluation_args, add_setup_args
+from evaluation.options import add_evaluation_args, add_setup_args, search_options
 from utilities.cli import ShortUsageParser, run_entry_point, setup_logging
 from utilities.errors import ConfigError
 from utilities.seeding import resolve_device
@@ -66,6 +66,10 @@ def main(argv: list[str] | None = None) -> dict:
     setup_logging()
     opt = build_parser().parse_args(argv)
     device = resolve_device(opt.device, opt.gpu)
+    try:  # a metric the faiss search cannot serve is refused before the file is even read
+        metrics.check_faiss_request(opt.evaluation_metrics, opt.eval_backend, opt.eval_index)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     path = Path(opt.embeddings)
     data = load(path)
     masks = {k: torch.from_numpy(data[k]) if k in data else None for k in ("is_query", "is_gallery")}
@@ -79,8 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
             gallery_mask=masks["is_gallery"],
             seed=opt.seed,
             device=device,
-            backend=opt.eval_backend,
-            chunk=opt.eval_chunk or None,
+            **search_options(opt),
             timings=timings,
         )
     except ValueError as err:

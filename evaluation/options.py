@@ -51,8 +51,35 @@ def add_evaluation_args(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--eval_backend",
         default="auto",
-        choices=["auto", "numba", "torch"],
-        help="ranking-pass backend: auto = numba on CPU, torch on CUDA (same numbers, see metrics/ranking.py)",
+        choices=["auto", "numba", "torch", "faiss"],
+        help="retrieval backend: auto = the exact ranking pass (numba on CPU, torch on CUDA); faiss = "
+        "a faiss kNN search (exact with --eval_index flat; serves every metric but mAP and mrr)",
+    )
+    group.add_argument(
+        "--eval_index",
+        default="flat",
+        choices=["flat", "ivf", "hnsw", "ivfpq"],
+        help="faiss index (--eval_backend faiss): flat = exact; ivf, hnsw, ivfpq = approximate, "
+        "reported with their search_recall@k against exact search",
+    )
+    group.add_argument("--eval_nlist", type=int, default=0, help="ivf/ivfpq cells (0: ~4·sqrt(gallery))")
+    group.add_argument("--eval_nprobe", type=int, default=16, help="ivf/ivfpq cells visited per query")
+    group.add_argument("--eval_hnsw_m", type=int, default=32, help="hnsw links per node (M)")
+    group.add_argument("--eval_ef_search", type=int, default=128, help="hnsw search breadth (efSearch)")
+    group.add_argument(
+        "--eval_pq_m", type=int, default=0, help="ivfpq code size in sub-quantizers (0: ≤ 16 dividing D)"
+    )
+    group.add_argument(
+        "--eval_recall_sample",
+        type=int,
+        default=1000,
+        help="queries (seeded sample) on which an approximate index's recall against exact search is measured",
+    )
+    group.add_argument(
+        "--eval_kmeans",
+        default="torch",
+        choices=["torch", "faiss"],
+        help="k-means for nmi/f1/ami: torch (same clusters on CPU and CUDA) or faiss (very large splits)",
     )
     group.add_argument(
         "--eval_chunk",
@@ -67,3 +94,27 @@ def add_setup_args(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--seed", type=int, default=1, help="seed of everything random (k-means included)")
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     group.add_argument("--gpu", type=int, nargs="+", default=[0], help="CUDA device id (the first is used)")
+
+
+def index_params(opt: argparse.Namespace) -> dict[str, int]:
+    """The faiss index parameters that were set (0 = the index's own default)."""
+    params = {
+        "nlist": opt.eval_nlist,
+        "nprobe": opt.eval_nprobe,
+        "M": opt.eval_hnsw_m,
+        "efSearch": opt.eval_ef_search,
+        "m": opt.eval_pq_m,
+    }
+    return {k: v for k, v in params.items() if v}
+
+
+def search_options(opt: argparse.Namespace) -> dict:
+    """The keyword arguments of :func:`metrics.compute` that come from the evaluation flags."""
+    return {
+        "backend": opt.eval_backend,
+        "chunk": opt.eval_chunk or None,
+        "index": opt.eval_index,
+        "index_params": index_params(opt),
+        "recall_sample": opt.eval_recall_sample,
+        "kmeans": opt.eval_kmeans,
+    }

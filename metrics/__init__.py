@@ -20,6 +20,13 @@ an :class:`~metrics.context.EvalContext` (one exact ranking pass giving the rank
 relevant item as deep as any metric needs, one seeded k-means with k = the classes of the split, one SVD, class statistics once), and
 every metric is a cheap function of them. Each module documents its definitions (relevance,
 denominators, self-exclusion, ties) and its deviations from the reference.
+
+``backend="faiss"`` replaces the exact pass by a faiss kNN search to the depth the requested metrics
+need (:mod:`metrics.faiss_search`): with ``index="flat"`` the same numbers (up to float32 near-ties
+in faiss's own distance arithmetic) for every metric but ``mAP`` and ``mrr`` (refused by
+:func:`check_faiss_request`); with an approximate ``index`` (``ivf``,
+``hnsw``, ``ivfpq``) the results also hold ``search_recall@<k>``, the search's recall against exact
+search. ``kmeans="faiss"`` clusters with ``faiss.Kmeans`` instead of :mod:`metrics.kmeans`.
 """
 
 from __future__ import annotations
@@ -29,8 +36,9 @@ import typing
 
 import torch
 
-from metrics import clustering, distances, retrieval, spectrum
+from metrics import clustering, distances, faiss_search, retrieval, spectrum
 from metrics.context import EvalContext
+from metrics.ranking import import_faiss
 from utilities.errors import ConfigError
 from utilities.registry import Registry
 
@@ -93,6 +101,34 @@ def validate(names: list[str]) -> None:
         parse(name)
 
 
+def check_faiss_request(
+    names: list[str], backend: str, index: str = "flat", *, index_params: dict | None = None
+) -> None:
+    """Raise a one-line :class:`ConfigError` (a ValueError) for a request the faiss search cannot
+    serve, before any work: a metric that needs every rank (``mAP``, ``mrr``) with
+    ``backend="faiss"``, an unknown index, a bad ``index_params`` entry, an approximate index
+    without the faiss backend, or faiss not installed. Unknown metric names fail as in :func:`parse`."""
+    try:
+        faiss_search.check_index(index, index_params, backend)
+        if backend == "faiss":
+            exact = [name for name in dict.fromkeys(names) if getattr(parse(name), "exact_only", False)]
+            if exact:
+                verb = "needs" if len(exact) == 1 else "need"
+                raise ValueError(
+                    f"{' and '.join(exact)} {verb} the exact ranking pass: use --eval_backend auto, numba or torch"
+                )
+            import_faiss()
+    except ConfigError:
+        raise
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def is_search_recall(key: str) -> bool:
+    """Whether a result key is an approximate search's recall (``search_recall@k[_cosine]``)."""
+    return key.startswith("search_recall@")
+
+
 def returns_array(name: str) -> bool:
     """Whether the metric ``name`` yields an array (``rho_spectrum@0``), not a scalar."""
     return bool(getattr(parse(name), "returns_array", False))
@@ -115,6 +151,10 @@ def compute(
     backend: str = "auto",
     chunk: int | None = None,
     kmeans_iter: int = 20,
+    index: str = "flat",
+    index_params: dict | None = None,
+    recall_sample: int = 1000,
+    kmeans: str = "torch",
     timings: dict[str, float] | None = None,
 ) -> dict[str, float | list[float]]:
     """Every metric in ``names`` on one split.
@@ -122,9 +162,17 @@ def compute(
     ``embeddings`` (N, D), ``labels`` (N,); ``query_mask`` / ``gallery_mask`` (N,) bool select the
     query/gallery protocol (default: every sample, i.e. leave-one-out). ``backend`` (ranking pass): ``auto``
     (numba on CPU, torch on CUDA), ``numba`` (CPU only) or ``torch`` (CPU or CUDA), see
-    :mod:`metrics.ranking`. ``chunk``: query rows per distance block (default: ~16 MB blocks). ``timings``, if given, receives seconds per stage.
+    :mod:`metrics.ranking`; or ``faiss``: a faiss kNN search to the depth the metrics need, with
+    ``index`` ``flat`` (exact: the same numbers but at float32 near-ties), ``ivf``, ``hnsw`` or
+    ``ivfpq`` (approximate; ``index_params``: nlist, nprobe, M, efSearch, efConstruction, m, refine
+    -- each index reads its own and ignores the rest), see :mod:`metrics.faiss_search`. An approximate index adds
+    ``search_recall@<k>`` (``..._cosine`` for a separate cosine search) to the results: its recall
+    of the exact top-k on ``recall_sample`` seeded queries. ``kmeans``: ``torch`` (:mod:`metrics.kmeans`)
+    or ``faiss`` (``faiss.Kmeans``). ``chunk``: query rows per distance block (default: ~16 MB
+    blocks). ``timings``, if given, receives seconds per stage.
     """
     metrics = {name: parse(name) for name in dict.fromkeys(names)}
+    check_faiss_request(list(metrics), backend, index, index_params=index_params)  # before any work
     ctx = EvalContext(
         embeddings,
         labels,
@@ -135,9 +183,18 @@ def compute(
         backend=backend,
         chunk=chunk,
         kmeans_iter=kmeans_iter,
+        index=index,
+        index_params=index_params,
+        recall_sample=recall_sample,
+        kmeans=kmeans,
     )
     ctx.request_ranks(max((m.ranks_needed(ctx) for m in metrics.values()), default=0))
+    if backend == "faiss":
+        for m in metrics.values():
+            if hasattr(m, "search_depth"):
+                ctx.request_depth(m.search_depth(ctx), m.view)
     results = {name: metric(ctx) for name, metric in metrics.items()}
+    results.update(ctx.search_recall)
     if timings is not None:
         timings.update(ctx.timings)
     return results

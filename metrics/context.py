@@ -9,9 +9,13 @@ lazily, at most once, on ``device``:
   ``"cosine"`` on L2-normalised ones; when the embeddings are already unit-norm both views share
   one pass): the sorted ranks of every query's relevant gallery items, as many as the most
   demanding requested metric needs; see :mod:`metrics.ranking`. Every retrieval metric is a
-  function of these ranks.
+  function of these ranks. With ``backend="faiss"`` the same ranks come from a faiss kNN search to
+  the depth requested with :meth:`request_depth` (exact for ``index="flat"``, approximate for
+  ``ivf``/``hnsw``/``ivfpq``, whose recall against exact search lands in ``search_recall``); see
+  :mod:`metrics.faiss_search`.
 * ``n_relevant``: per query, the number of gallery items of its class other than itself.
-* ``clusters(view)``: one seeded k-means with k = classes of this split (see :mod:`metrics.kmeans`).
+* ``clusters(view)``: one seeded k-means with k = classes of this split (see :mod:`metrics.kmeans`;
+  ``kmeans="faiss"``: ``faiss.Kmeans``).
 * ``spectrum``: the D (or N, if smaller) singular values of the un-centred embedding matrix,
   computed once in float64 from the D×D Gram matrix, identical on CPU and CUDA.
 * ``class_stats``: per-class counts and sums of L2-normalised embeddings (for ``dists@*``).
@@ -28,8 +32,8 @@ from functools import cached_property
 
 import torch
 
+from metrics import faiss_search, ranking
 from metrics import kmeans as _kmeans
-from metrics import ranking
 
 NORM_TOL = 1e-4  # rows within this of unit norm count as normalised (cosine view = Euclidean view)
 
@@ -49,6 +53,10 @@ class EvalContext:
         backend: str = "auto",
         chunk: int | None = None,
         kmeans_iter: int = 20,
+        index: str = "flat",
+        index_params: dict | None = None,
+        recall_sample: int = 1000,
+        kmeans: str = "torch",
     ) -> None:
         self.device = torch.device(device)
         emb = torch.as_tensor(embeddings)
@@ -70,11 +78,21 @@ class EvalContext:
             raise ValueError("the query and the gallery set must both be non-empty")
         self.seed = seed
         ranking.check_backend(backend, self.device)  # a bad name or device fails here, early
+        faiss_search.check_index(index, index_params, backend)
+        _kmeans.check_implementation(kmeans)
+        if isinstance(recall_sample, bool) or not isinstance(recall_sample, int) or recall_sample < 1:
+            raise ValueError(f"recall_sample must be a positive integer, got {recall_sample!r}")
         self.backend = backend
         self.chunk = chunk
         self.kmeans_iter = kmeans_iter
+        self.index = index
+        self.index_params = dict(index_params or {})
+        self.recall_sample = recall_sample
+        self.kmeans = kmeans
         self.timings: dict[str, float] = {}
+        self.search_recall: dict[str, float] = {}  # approximate faiss index: search_recall@k -> value
         self._width = 0
+        self._depth: dict[str, int] = {}
         self._ranks: dict[str, torch.Tensor] = {}
         self._clusters: dict[str, torch.Tensor] = {}
 
@@ -152,6 +170,14 @@ class EvalContext:
             raise RuntimeError("request all ranks before the first ranking pass")
         self._width = max(self._width, width)
 
+    def request_depth(self, depth: int, view: str = "euclidean") -> None:
+        """``backend="faiss"``: search ``view`` at least ``depth`` deep (the deepest rank a requested
+        metric compares with); call before the first :meth:`ranks` of that view."""
+        view = self.view(view)
+        if view in self._ranks and depth > self._depth.get(view, 0):
+            raise RuntimeError("request the search depth before the first search")
+        self._depth[view] = max(self._depth.get(view, 0), int(depth))
+
     @property
     def width(self) -> int:
         """Columns of :meth:`ranks`: the widest request, capped by the largest R."""
@@ -160,8 +186,29 @@ class EvalContext:
     def ranks(self, view: str = "euclidean") -> torch.Tensor:
         """(Nq, width) int64: sorted 1-based ranks of each query's relevant gallery items in its
         ranking of the gallery (self excluded by index, ties by index); columns beyond the
-        query's R hold :data:`metrics.ranking.PAD`. One exact pass per view, see :mod:`metrics.ranking`."""
+        query's R hold :data:`metrics.ranking.PAD`. One exact pass per view, see :mod:`metrics.ranking`;
+        ``backend="faiss"``: one search per view to its requested depth, relevant items beyond it at
+        :func:`metrics.faiss_search.missing` (see :mod:`metrics.faiss_search`)."""
         view = self.view(view)
+        if view not in self._ranks and self.backend == "faiss":
+            if view not in self._depth:
+                raise RuntimeError(f"backend='faiss': request_depth(k, {view!r}) before the first ranks()")
+            self._ranks[view], recall = faiss_search.knn_ranks(
+                self._features(view),
+                self.labels,
+                self.query_idx,
+                self.gallery_idx,
+                self.width,
+                self._depth[view],
+                index=self.index,
+                index_params=self.index_params,
+                seed=self.seed,
+                recall_sample=self.recall_sample,
+                timed=self._timed,
+            )
+            if recall is not None:
+                depth, value = recall
+                self.search_recall[f"search_recall@{depth}" + ("_cosine" if view == "cosine" else "")] = value
         if view not in self._ranks:
             with self._timed("ranking"):
                 self._ranks[view] = ranking.relevant_ranks(
@@ -180,14 +227,23 @@ class EvalContext:
         """(N,) k-means assignment of every sample, k = classes of this split."""
         if view not in self._clusters:  # Euclidean and spherical k-means differ even on unit rows
             with self._timed("kmeans"):
-                self._clusters[view] = _kmeans.kmeans(
+                if self.kmeans == "faiss":
+                    run = faiss_search.kmeans
+                    extra = {}
+                else:
+                    run = _kmeans.kmeans
+                    # the nearest-centroid pass: the ranking backend's CPU kernel where there is one
+                    extra = {
+                        "chunk": self.chunk,
+                        "backend": "auto" if self.backend == "faiss" else self.backend,
+                    }
+                self._clusters[view] = run(
                     self.embeddings,
                     self.n_classes,
                     seed=self.seed,
                     niter=self.kmeans_iter,
                     spherical=view == "cosine",
-                    chunk=self.chunk,
-                    backend=self.backend,
+                    **extra,
                 )
         return self._clusters[view]
 

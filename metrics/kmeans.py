@@ -24,13 +24,29 @@
 * **Spherical** (cosine, ``c_nmi``/``c_f1``): rows are L2-normalised and centroids are
   re-normalised after every update, so the assignment maximises cosine similarity. The reference
   overwrote its cosine centroids with the normalised *Euclidean* ones; here they are kept.
+
+``kmeans="faiss"`` (:func:`metrics.faiss_search.kmeans`) runs ``faiss.Kmeans`` instead: same k, same
+seed and iteration count, a different initialisation and empty-cluster rule, so different (seeded,
+deterministic) clusters; this implementation is the default.
 """
 
 from __future__ import annotations
 
 import torch
 
-from metrics.ranking import NUMBA_MIN_ELEMENTS, auto_chunk, have_numba
+from metrics.ranking import NUMBA_MIN_ELEMENTS, auto_chunk, have_numba, import_faiss
+
+IMPLEMENTATIONS = ("torch", "faiss")
+
+
+def check_implementation(name: str) -> None:
+    """Fail early on an unknown k-means implementation, or ``faiss`` without faiss installed."""
+    if name not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"unknown k-means implementation '{name}'; choose from: {', '.join(IMPLEMENTATIONS)}"
+        )
+    if name == "faiss":
+        import_faiss()
 
 
 def nearest_two(x: torch.Tensor, centroids: torch.Tensor, chunk: int | None = None, backend: str = "auto"):

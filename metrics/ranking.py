@@ -35,10 +35,11 @@ Backends (same integers on CPU; on CUDA the float32 distances may round differen
   ``torch.searchsorted`` and counted with ``bincount``.
 
 Deviation from a "one kNN search with k = the largest k" design: this is one exact ranking pass
-that serves every retrieval metric. faiss is not used: at CUB scale its exact kNN search
-(``IndexFlatL2``, 2 threads) takes about as long as this whole pass already at k = 61 (what MAP@R
-needs) and several times longer at k = 1,024 (what ``mAP_lim`` needs); ``benchmarks/bench_eval.py``
-prints both next to the pass.
+that serves every retrieval metric. The ``faiss`` backend (:mod:`metrics.faiss_search`) is the kNN
+alternative: a faiss search to the depth the requested metrics need, turned into the same ranks
+(equal numbers for every metric it serves; not ``mAP`` or ``mrr``, which need every rank), and with
+approximate indexes (IVF, HNSW, IVF-PQ) for galleries too large for an exact pass.
+``benchmarks/bench_eval.py`` times it next to this pass.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import torch
 
 # distance-matrix elements per row block: 16 MB of float32, cache-friendlier than larger blocks
 BLOCK_ELEMENTS = 2**22
-BACKENDS = ("auto", "numba", "torch")
+BACKENDS = ("auto", "numba", "torch", "faiss")
 NUMBA_MIN_ELEMENTS = 2**18  # auto: below this many distances the torch path is as fast, and numba's
 # one-time import and kernel load (~1 s per process) is not worth paying
 _INT64_MAX = torch.iinfo(torch.int64).max
@@ -69,12 +70,40 @@ def have_numba() -> bool:
     return True
 
 
-def check_backend(backend: str, device: torch.device) -> None:
-    """Fail early on an unknown backend name, or numba asked for on a non-CPU device."""
+def import_faiss():
+    """The faiss module, or a one-line ValueError saying how to install it."""
+    try:
+        import faiss  # lazy: faiss is optional on some installs (only the faiss backend needs it)
+    except ImportError:
+        raise ValueError(
+            "the faiss backend needs the faiss package (pip install faiss-cpu, or faiss-gpu for CUDA)"
+        ) from None
+    return faiss
+
+
+def faiss_gpus() -> int:
+    """GPUs the installed faiss can use (0 for a CPU-only build); ValueError if faiss is missing."""
+    faiss = import_faiss()
+    return int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
+
+
+def check_backend(backend: str, device: torch.device | str) -> None:
+    """Fail early on an unknown backend name, numba asked for on a non-CPU device, faiss when it is
+    not installed, or faiss on CUDA without a faiss GPU build."""
+    device = torch.device(device)
     if backend not in BACKENDS:
         raise ValueError(f"unknown ranking backend '{backend}'; choose from: {', '.join(BACKENDS)}")
     if backend == "numba" and device.type != "cpu":
         raise ValueError("the numba backend runs on CPU tensors only; use backend='torch' on CUDA")
+    if backend == "faiss":
+        if device.type == "cuda" and faiss_gpus() == 0:
+            raise ValueError(
+                "the faiss backend runs on CUDA only with a faiss GPU build (this faiss sees no GPU); "
+                "use backend='torch' on CUDA or compute the metrics on CPU"
+            )
+        import_faiss()  # not installed: one line, before any work
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"the faiss backend runs on CPU or CUDA, not on {device.type}")
 
 
 def resolve_backend(backend: str, device: torch.device, n_distances: int) -> str:
@@ -125,6 +154,8 @@ def relevant_ranks(
     device = x.device
     n_g = len(gallery_idx)
     backend = resolve_backend(backend, device, len(query_idx) * n_g)
+    if backend == "faiss":
+        raise ValueError("the faiss backend searches to a depth: use metrics.faiss_search.knn_ranks")
     out = torch.full((len(query_idx), max(0, width)), PAD, dtype=torch.long, device=device)
     if width <= 0 or len(query_idx) == 0 or n_g == 0:
         return out

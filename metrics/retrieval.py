@@ -36,6 +36,11 @@ Values are averaged over queries (per-query mean) unless stated otherwise.
 
 Scores of queries with R = 0 are undefined for everything but recall; if *no* query has R ≥ 1
 the metric is NaN (there is nothing to measure), never a silent 0.
+
+**Search depth** (the ``faiss`` backend, :mod:`metrics.faiss_search`): each metric reads only
+ranks up to its own cutoff, ``search_depth``: k for ``e_recall@k``/``c_recall@k``/``precision@k``,
+the largest R for ``r_precision``/``mAP@R``/``mAP_c``, 1000 / 1023 for ``mAP_1000`` / ``mAP_lim``.
+``mAP`` and ``mrr`` read ranks at any depth (``exact_only``) and need the exact ranking pass.
 """
 
 from __future__ import annotations
@@ -70,9 +75,14 @@ class _Ranked:
     """Base of the rank-based metrics: ``view`` picks Euclidean or cosine ranking."""
 
     view = "euclidean"
+    exact_only = False  # True: reads ranks at any depth, so a kNN search cannot serve it
 
     def ranks_needed(self, ctx: EvalContext) -> int:
         """How many leading relevant ranks per query this metric reads."""
+        return ctx.max_relevant
+
+    def search_depth(self, ctx: EvalContext) -> int:
+        """The deepest rank this metric compares with (a kNN search to this depth serves it)."""
         return ctx.max_relevant
 
 
@@ -86,6 +96,9 @@ class Recall(_Ranked):
 
     def ranks_needed(self, ctx: EvalContext) -> int:
         return 1
+
+    def search_depth(self, ctx: EvalContext) -> int:
+        return self.k
 
     def __call__(self, ctx: EvalContext) -> float:
         ranks = ctx.ranks(self.view)
@@ -111,6 +124,9 @@ class Precision(_Ranked):
 
     def ranks_needed(self, ctx: EvalContext) -> int:
         return self.k  # the k-th relevant item is the deepest that can rank within k
+
+    def search_depth(self, ctx: EvalContext) -> int:
+        return self.k
 
     def __call__(self, ctx: EvalContext) -> float:
         hits = (ctx.ranks(self.view) <= self.k).sum(1)
@@ -169,6 +185,9 @@ class MAPatK(_Ranked):
     def ranks_needed(self, ctx: EvalContext) -> int:
         return self.cutoff  # relevant items after the K-th cannot rank within K
 
+    def search_depth(self, ctx: EvalContext) -> int:
+        return self.cutoff
+
     def __call__(self, ctx: EvalContext) -> float:
         r = ctx.n_relevant
         cut = torch.full_like(r, self.cutoff)
@@ -187,6 +206,7 @@ class MAP(_Ranked):
     """Untruncated average precision (1/R) Σ_h h / rank_h; queries with R ≥ 1."""
 
     name = "mAP"
+    exact_only = True
 
     def __call__(self, ctx: EvalContext) -> float:
         r = ctx.n_relevant
@@ -198,6 +218,7 @@ class MRR(_Ranked):
     """Mean reciprocal rank of the first relevant item; queries with R ≥ 1."""
 
     name = "mrr"
+    exact_only = True
 
     def ranks_needed(self, ctx: EvalContext) -> int:
         return 1

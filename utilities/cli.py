@@ -32,7 +32,7 @@ def setup_logging(level: int = logging.INFO) -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         root.addHandler(handler)
     root.setLevel(level)
-    for noisy in ("numba", "matplotlib", "PIL", "urllib3", "wandb"):
+    for noisy in ("numba", "matplotlib", "PIL", "urllib3", "wandb", "faiss"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -203,7 +203,10 @@ def test_bad_backend_or_selection_metric_is_a_config_error_before_training():
 
     def opt(backend="auto", storage=("e_recall@1",), computed=("e_recall@1", "rho_spectrum@0")):
         return SimpleNamespace(
-            eval_backend=backend, storage_metrics=list(storage), evaluation_metrics=list(computed)
+            eval_backend=backend,
+            eval_index="flat",
+            storage_metrics=list(storage),
+            evaluation_metrics=list(computed),
         )
 
     with pytest.raises(ConfigError, match="CPU tensors only"):
@@ -217,3 +220,8 @@ def test_bad_backend_or_selection_metric_is_a_config_error_before_training():
     # an array cannot be compared across epochs
     with pytest.raises(ConfigError, match="array metric"):
         evaluation.check_options(opt(storage=["rho_spectrum@0"]), torch.device("cpu"))
+    # the faiss search serves the first k neighbours only: untruncated mAP and mrr are refused
+    evaluation.check_options(opt("faiss", computed=("e_recall@1", "mAP@R")), torch.device("cpu"))
+    for exact_only in ("mAP", "mrr"):
+        with pytest.raises(ConfigError, match=f"{exact_only} needs the exact ranking pass"):
+            evaluation.check_options(opt("faiss", computed=("e_recall@1", exact_only)), torch.device("cpu"))
