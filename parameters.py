@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,20 +47,6 @@ def finite_float(text: str) -> float:
     return value
 
 
-def non_negative_float(text: str) -> float:
-    value = finite_float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = finite_float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-    return value
-
-
 def fc_lr_value(text: str) -> float:
     """``--fc_lr``: a learning rate >= 0, or -1 for "no separate rate"."""
     value = finite_float(text)
@@ -75,18 +62,22 @@ def _integer(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
 
 
-def positive_int(text: str) -> int:
-    value = _integer(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
-    return value
+def _at_least(convert: Callable[[str], float], low: int, *, strict: bool = False) -> Callable[[str], float]:
+    """An argparse type: ``convert(text)``, refused below ``low`` (or at it, with ``strict``)."""
+
+    def check(text: str) -> float:
+        value = convert(text)
+        if value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low}, got {text!r}")
+        return value
+
+    return check
 
 
-def non_negative_int(text: str) -> int:
-    value = _integer(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return value
+non_negative_float = _at_least(finite_float, 0)
+positive_float = _at_least(finite_float, 0, strict=True)
+positive_int = _at_least(_integer, 1)
+non_negative_int = _at_least(_integer, 0)
 
 
 def path_component(text: str) -> str:
