@@ -158,6 +158,132 @@ def _cars_expected(per_class: int) -> dict:
     return {**_zero_shot_expected(CARS_CLASSES, 98, per_class), "train_names": train_names}
 
 
+# CARS196 as it can be downloaded since the official links died (2023): the devkit release in
+# torchvision's / Kaggle's layout, and Kaggle's class-name folders. Each class's images are spread
+# over both official halves (as in the real data), and both halves number their files from
+# 00001.jpg, so the same file name occurs in cars_train/ and cars_test/.
+
+CARS_SLASH = (174, "Ram C/V Cargo Van Minivan 2012")  # a real class whose folder name reads "Ram C-V ..."
+
+
+def _cars_halves(per_class: int, extra: dict[int, str] | None = None) -> dict[str, list[tuple[int, str]]]:
+    """(class id, file name) per official half: the first half of each class's images in train,
+    the rest in test; files numbered per half in an order that is not sorted by class."""
+    classes = {**CARS_CLASSES, **(extra or {})}
+    halves: dict[str, list[tuple[int, str]]] = {"train": [], "test": []}
+    for cid in sorted(classes, key=lambda c: (c * 37) % 101):  # interleaved, not by id
+        for k in range(per_class):
+            half = "train" if k < (per_class + 1) // 2 else "test"
+            halves[half].append((cid, f"{len(halves[half]) + 1:05d}.jpg"))
+    return halves
+
+
+def make_cars_torchvision(
+    root: Path,
+    per_class: int = PER_CLASS,
+    wrapper: bool = False,
+    nested: bool = False,
+    test_annos: str = "root",
+    suffix: str = "",
+) -> dict:
+    """``cars196/[stanford_cars/]cars_{train,test}/[cars_{train,test}/]NNNNN.jpg``,
+    ``devkit/{cars_train_annos,cars_test_annos,cars_meta}.mat`` and
+    ``cars_test_annos_withlabels<suffix>.mat`` at the root (``test_annos="root"``, torchvision) or
+    in ``devkit/`` (``"devkit"``, some Kaggle mirrors); ``test_annos=None`` leaves it out."""
+    base = root / "cars196" / ("stanford_cars" if wrapper else "")
+    devkit = base / "devkit"
+    devkit.mkdir(parents=True, exist_ok=True)
+    fields = [
+        ("bbox_x1", "O"),
+        ("bbox_y1", "O"),
+        ("bbox_x2", "O"),
+        ("bbox_y2", "O"),
+        ("class", "O"),
+        ("fname", "O"),
+    ]
+    expected_paths: dict[str, set[str]] = {"train": set(), "test": set()}
+    class_of: dict[str, int] = {}
+    records: dict[str, list[tuple]] = {}
+    for half, items in _cars_halves(per_class).items():
+        folder = base / f"cars_{half}"
+        if nested:
+            folder = folder / f"cars_{half}"
+        records[half] = []
+        for n, (cid, fname) in enumerate(items):
+            write_jpeg(folder / fname, cid * 100 + n + (50 if half == "test" else 0))
+            records[half].append(
+                (np.uint16(1), np.uint16(2), np.uint16(30), np.uint16(20), np.uint8(cid), fname)
+            )
+            expected_paths["train" if cid <= 98 else "test"].add(str(folder / fname))
+            class_of[str(folder / fname)] = cid
+    scipy.io.savemat(
+        str(devkit / "cars_train_annos.mat"), {"annotations": np.array(records["train"], dtype=fields)}
+    )
+    unlabeled = [r[:4] + r[5:] for r in records["test"]]  # the devkit's test file has no class field
+    scipy.io.savemat(
+        str(devkit / "cars_test_annos.mat"),
+        {"annotations": np.array(unlabeled, dtype=[f for f in fields if f[0] != "class"])},
+    )
+    if test_annos is not None:
+        where = base if test_annos == "root" else devkit
+        scipy.io.savemat(
+            str(where / f"cars_test_annos_withlabels{suffix}.mat"),
+            {"annotations": np.array(records["test"], dtype=fields)},
+        )
+    scipy.io.savemat(str(devkit / "cars_meta.mat"), {"class_names": _cars_names_array()})
+    return {
+        **_cars_expected(per_class),
+        "base": base,
+        "train_paths": expected_paths["train"],
+        "test_paths": expected_paths["test"],
+        "class_of": class_of,
+    }
+
+
+def make_cars_class_folders(
+    root: Path,
+    per_class: int = PER_CLASS,
+    kaggle: bool = True,
+    names: str | None = "csv",
+    numbered: bool = False,
+) -> dict:
+    """Class-name folders per official half: ``cars196/car_data/car_data/{train,test}/<class name>/``
+    with ``cars196/names.csv`` (Kaggle "stanford-car-dataset-by-classes-folder", ``kaggle=True``) or
+    ``cars196/{train,test}/<class name>/``. ``names``: ``"csv"`` (names.csv next to car_data/),
+    ``"meta"`` (devkit/cars_meta.mat) or None; ``numbered``: folders ``NNNN <class name>``.
+    Includes the class "Ram C/V Cargo Van Minivan 2012" (id 174), whose folder is "Ram C-V ...".
+    """
+    top = root / "cars196"
+    base = top / "car_data" / "car_data" if kaggle else top
+    official = _cars_names_array()
+    official[CARS_SLASH[0] - 1] = CARS_SLASH[1]
+    classes = {**CARS_CLASSES, CARS_SLASH[0]: CARS_SLASH[1]}
+    folder_of = {
+        cid: (f"{cid:04d} " if numbered else "") + name.replace("/", "-") for cid, name in classes.items()
+    }
+    expected_paths: dict[str, set[str]] = {"train": set(), "test": set()}
+    class_of: dict[str, int] = {}
+    for half, items in _cars_halves(per_class, {CARS_SLASH[0]: CARS_SLASH[1]}).items():
+        for n, (cid, fname) in enumerate(items):
+            path = base / half / folder_of[cid] / fname
+            write_jpeg(path, cid * 100 + n + (50 if half == "test" else 0))
+            expected_paths["train" if cid <= 98 else "test"].add(str(path))
+            class_of[str(path)] = cid
+    if names == "csv":
+        (top / "names.csv").write_text("\n".join(official) + "\n")
+    elif names == "meta":
+        (top / "devkit").mkdir(parents=True, exist_ok=True)
+        scipy.io.savemat(str(top / "devkit" / "cars_meta.mat"), {"class_names": official})
+    return {
+        **_zero_shot_expected(classes, 98, per_class),
+        "train_folders": {folder_of[c] for c in classes if c <= 98},
+        "test_folders": {folder_of[c] for c in classes if c > 98},
+        "train_paths": expected_paths["train"],
+        "test_paths": expected_paths["test"],
+        "class_of": class_of,
+    }
+
+
 # ---- Stanford Online Products ---------------------------------------------------------------------
 
 SOP_SUPER = ["bicycle", "chair"]
