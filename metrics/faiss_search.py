@@ -30,7 +30,9 @@ synthetic CUB-scale split 43 of 308k relevant ranks within 1023 moved by one pla
 **Approximate indexes** (``index``; parameters in ``index_params``, unset ones default):
 
 * ``ivf``: ``IndexIVFFlat``; ``nlist`` cells (default ≈ 4·√G, at most G/39 so every cell has 39
-  training points), ``nprobe`` cells visited per query (16).
+  training points), ``nprobe`` cells visited per query (16). The coarse k-means trains on a
+  seeded sample of at most 64 points per cell (faiss's default, 256, made training 1M items
+  into 4,000 cells cost more than all the searches together on 2 cores).
 * ``hnsw``: ``IndexHNSWFlat``; ``M`` links per node (32), ``efSearch`` (128, raised to the depth
   when smaller), ``efConstruction`` (40, faiss's default). Its graph is built in parallel, which
   makes it depend on thread timing: two runs can differ slightly (IVF and IVF-PQ do not).
@@ -85,6 +87,7 @@ KNOWN_PARAMS = tuple(dict.fromkeys(p for params in INDEX_PARAMS.values() for p i
 GPU_MAX_K = 2048  # faiss-GPU's largest k for a search
 PQ_BITS = 8
 PQ_MAX_M = 16
+COARSE_POINTS_PER_CELL = 64  # coarse k-means training sample per cell (faiss: 256)
 REFINE = 4  # ivfpq: exact re-ranking of REFINE·k PQ candidates (1: the PQ order as it is)
 
 
@@ -183,6 +186,7 @@ def build_index(
             built.pq.cp.seed = int(seed)  # the PQ codebooks' k-means: its own RNG, seeded here
             built.pq.cp.min_points_per_centroid = 1  # small galleries: no advisory warning on stderr
         built.cp.seed = int(seed)  # the coarse k-means (and its subsampling): seeded, not faiss's 1234
+        built.cp.max_points_per_centroid = COARSE_POINTS_PER_CELL
         built.train(gallery)
     built.add(gallery)
     if index in ("ivf", "ivfpq"):
