@@ -9,10 +9,11 @@ product. Rows in parallel; the result does not depend on the thread count.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import torch
 from numba import njit, prange
+
+from metrics._threads import numba_threads_like_torch
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -37,5 +38,5 @@ def _min2_block(d, assign, first, second):  # pragma: no cover - compiled
 
 def min2(d: torch.Tensor, assign: torch.Tensor, first: torch.Tensor, second: torch.Tensor) -> None:
     """Fill ``assign`` (int64), ``first`` and ``second`` (float32) from the CPU block ``d``."""
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    _min2_block(d.numpy(), assign.numpy(), first.numpy(), second.numpy())
+    with numba_threads_like_torch():
+        _min2_block(d.numpy(), assign.numpy(), first.numpy(), second.numpy())

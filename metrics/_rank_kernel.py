@@ -19,10 +19,11 @@ of CUB's 59-image classes stay on the branchless pass). Both passes give the sam
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import torch
 from numba import njit, prange
+
+from metrics._threads import numba_threads_like_torch
 
 _SENTINEL = np.iinfo(np.int64).max
 
@@ -121,7 +122,6 @@ def _rank_block(bits, members, start, stop, self_pos, out, mode):  # pragma: no 
 def run(x, query_idx, g, g_sq, members, start, stop, self_pos, out, rows, distances, mode=0) -> None:
     """Fill ``out`` (Nq, W) block by block: BLAS distances, then the kernel on the block.
     ``mode``: 0 picks the dense or sparse pass per row, 1 / 2 force one (for tests)."""
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     members_np = members.numpy()
     start_np, stop_np, self_np = start.numpy(), stop.numpy(), self_pos.numpy()
     out_np = out.numpy()
@@ -129,12 +129,13 @@ def run(x, query_idx, g, g_sq, members, start, stop, self_pos, out, rows, distan
     for s in range(0, len(query_idx), rows):
         e = min(s + rows, len(query_idx))
         d = distances(x[query_idx[s:e]], g, g_sq, out=buf[: e - s])
-        _rank_block(
-            d.numpy().view(np.int32),
-            members_np,
-            start_np[s:e],
-            stop_np[s:e],
-            self_np[s:e],
-            out_np[s:e],
-            mode,
-        )
+        with numba_threads_like_torch():  # torch's BLAS keeps its own thread count between blocks
+            _rank_block(
+                d.numpy().view(np.int32),
+                members_np,
+                start_np[s:e],
+                stop_np[s:e],
+                self_np[s:e],
+                out_np[s:e],
+                mode,
+            )
