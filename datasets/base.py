@@ -77,6 +77,19 @@ def reindex(labels: Sequence[int] | np.ndarray) -> np.ndarray:
 _KEEP = object()  # "keep the current transform" (None is a valid transform: the identity)
 
 
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed from (seed, epoch, index): three rounds of the splitmix64 finaliser, so
+    neighbouring indices and epochs get unrelated streams."""
+    mask = (1 << 64) - 1
+    h = 0
+    for v in (seed, epoch, index):
+        h = (h ^ (v & mask)) + 0x9E3779B97F4A7C15 & mask
+        h = (h ^ (h >> 30)) * 0xBF58476D1CE4E5B9 & mask
+        h = (h ^ (h >> 27)) * 0x94D049BB133111EB & mask
+        h ^= h >> 31
+    return h >> 1
+
+
 class SplitDataset(torch.utils.data.Dataset):
     """Items ``(image, label, index)`` from a loader function over ``samples``."""
 
@@ -100,14 +113,30 @@ class SplitDataset(torch.utils.data.Dataset):
         self.is_query = None if is_query is None else torch.as_tensor(is_query, dtype=torch.bool)
         self.is_gallery = None if is_gallery is None else torch.as_tensor(is_gallery, dtype=torch.bool)
         self.name = name
+        self.augment_key: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
 
+    def set_epoch(self, seed: int, epoch: int) -> None:
+        """Make the random transform of sample i in this epoch a function of (seed, epoch, i) only.
+
+        The training loop calls this before each epoch. The random crop / flip / shift an image
+        gets then no longer depends on which DataLoader worker or which process (under torchrun)
+        loads it, nor on what was loaded before it: ``--kernels`` and the number of processes
+        leave the augmentation, and so the run, unchanged. Set in the main process before the
+        epoch's workers start (they are not persistent), so every worker sees the epoch."""
+        self.augment_key = (int(seed), int(epoch))
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         image = self.load(self.samples[index])
         if self.transform is not None:
-            image = self.transform(image)
+            if self.augment_key is None:
+                image = self.transform(image)
+            else:  # a private torch RNG stream per (seed, epoch, sample); the global state is kept
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(sample_seed(*self.augment_key, index))
+                    image = self.transform(image)
         return image, int(self.labels[index]), index
 
     def subset(self, mask: np.ndarray, transform: Any = _KEEP, name: str | None = None) -> SplitDataset:

@@ -16,7 +16,7 @@ from datasets.base import SplitDataset, SplitOptions, make_splits
 
 
 def _random_shift(image: torch.Tensor) -> torch.Tensor:
-    # torch's global RNG is seeded per DataLoader worker, so this is reproducible
+    # drawn from torch's RNG, which SplitDataset.set_epoch seeds per (seed, epoch, sample)
     padded = torch.nn.functional.pad(image, (1, 1, 1, 1))
     dy, dx = torch.randint(0, 3, (2,)).tolist()
     return padded[:, dy : dy + 8, dx : dx + 8]

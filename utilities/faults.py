@@ -2,7 +2,9 @@
 
 Points used by ``main.py``: ``train:<epoch>:<step>`` (before a training step, i.e. mid-epoch),
 ``logged:<epoch>`` (metrics.csv written, checkpoint not yet) and ``saved:<epoch>`` (after the
-epoch's checkpoints). Everything here is a no-op unless ``$DML_TEST_KILL_AT`` is set.
+epoch's checkpoints). Everything here is a no-op unless ``$DML_TEST_KILL_AT`` is set; under
+torchrun ``$DML_TEST_KILL_RANK`` limits the kill to that rank (the others are then stopped by
+torchrun or by the collective timeout).
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 KILL_ENV = "DML_TEST_KILL_AT"
+KILL_RANK_ENV = "DML_TEST_KILL_RANK"
 
 
 def kill_point(name: str) -> None:
-    """SIGKILL this process when ``$DML_TEST_KILL_AT`` equals ``name``."""
-    if os.environ.get(KILL_ENV) == name:
+    """SIGKILL this process when ``$DML_TEST_KILL_AT`` equals ``name`` (and, if
+    ``$DML_TEST_KILL_RANK`` is set, this process is that rank: torchrun's ``$RANK``)."""
+    rank = os.environ.get(KILL_RANK_ENV)
+    if os.environ.get(KILL_ENV) == name and (rank is None or rank == os.environ.get("RANK", "0")):
         os.kill(os.getpid(), signal.SIGKILL)
 
 

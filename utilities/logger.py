@@ -271,6 +271,30 @@ class RunLogger:
             self.wandb = None
 
 
+class SilentLogger:
+    """What ranks other than 0 hold under torchrun instead of a :class:`RunLogger`: the same
+    interface, writing nothing (rank 0 is the run's one writer). ``folder``: rank 0's run folder."""
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self.folder = folder
+        self.rows: list[dict[str, Any]] = []
+
+    def log(self, epoch: int, split: str, values: dict[str, Any]) -> None:
+        pass
+
+    def restore(self, rows: list[dict[str, Any]]) -> None:
+        self.rows = list(rows)
+
+    def summary(self, summary: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def discard(self) -> None:
+        pass
+
+
 def _wandb_row(row: dict[str, Any]) -> dict[str, Any]:
     """A metrics.csv row as W&B keys ``<split>/<metric>``, stepped by epoch."""
     return {f"{row['split']}/{k}": v for k, v in row.items() if k not in ("epoch", "split")} | {

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from utilities import distributed
 from utilities.errors import ConfigError, TrainingDiverged
 from utilities.seeding import loader_generator, worker_init_fn
 
@@ -51,9 +52,18 @@ def build_scheduler(optimizer: torch.optim.Optimizer, opt: argparse.Namespace):
 
 
 def make_loader(
-    dataset, opt: argparse.Namespace, *, batch_sampler=None, seed: int = 0
+    dataset,
+    opt: argparse.Namespace,
+    *,
+    batch_sampler=None,
+    seed: int = 0,
+    dist: distributed.Context = distributed.SINGLE,
 ) -> torch.utils.data.DataLoader:
-    """A seeded DataLoader: ``batch_sampler`` for training, sequential batches of ``--bs`` otherwise."""
+    """A seeded DataLoader: ``batch_sampler`` for training, sequential batches of ``--bs`` otherwise.
+
+    Under torchrun (``dist`` active) a training loader yields this rank's slice of each global
+    batch (:class:`utilities.distributed.RankSlice`) and an evaluation loader this rank's
+    contiguous shard of the split (:func:`utilities.distributed.shard_bounds`)."""
     kwargs: dict[str, Any] = {
         "num_workers": opt.kernels,
         "pin_memory": torch.cuda.is_available(),
@@ -65,8 +75,54 @@ def make_loader(
         "persistent_workers": opt.kernels > 0 and batch_sampler is None,
     }
     if batch_sampler is not None:
+        if dist.active:
+            batch_sampler = distributed.RankSlice(batch_sampler, dist)
         return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, **kwargs)
-    return torch.utils.data.DataLoader(dataset, batch_size=opt.bs, shuffle=False, **kwargs)
+    shard = range(*distributed.shard_bounds(len(dataset), dist)) if dist.active else None
+    return torch.utils.data.DataLoader(dataset, batch_size=opt.bs, shuffle=False, sampler=shard, **kwargs)
+
+
+def training_step(
+    model: nn.Module,
+    criterion: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    indices: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    dist: distributed.Context = distributed.SINGLE,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimiser step on this rank's slice of the global batch.
+
+    ``model`` is the module training runs through (:func:`utilities.distributed.wrap_model`). The
+    slice's embeddings, labels and dataset indices are gathered over the ranks in rank order, so
+    the loss (and the miner inside it) sees the global batch; with one process that is the batch
+    itself. Returns the loss and the gathered (detached) embeddings, labels and indices; a
+    non-finite value raises :class:`_NonFinite` before the step (the same on every rank, since
+    the gathered values are identical everywhere)."""
+    device = images.device
+    local = model(images)
+    embeddings = distributed.gather(local, dist)
+    # labels and dataset indices travel together: one all-gather instead of two
+    ids = distributed.gather(torch.stack([labels, indices], 1).to(device, torch.long), dist)
+    labels, indices = ids[:, 0], ids[:, 1].cpu()
+    if not bool(torch.isfinite(embeddings).all()):
+        raise _NonFinite("non-finite embeddings")
+    if embeddings.dtype in (torch.float16, torch.bfloat16):  # --amp: the loss runs in float32
+        embeddings = embeddings.float()
+    loss = criterion(embeddings, labels)
+    if not bool(torch.isfinite(loss)):
+        raise _NonFinite(f"loss {loss.item()}")
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()  # a no-op scaler unless --amp runs fp16 (architectures/base.py)
+    distributed.average_gradients(criterion, dist)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach(), embeddings.detach(), labels, indices
+
+
+class _NonFinite(Exception):
+    pass
 
 
 def train_one_epoch(
@@ -80,10 +136,12 @@ def train_one_epoch(
     sampler,
     progress: bool = True,
     last_good: Path | None = None,
+    dist: distributed.Context = distributed.SINGLE,
 ) -> dict[str, float]:
-    """One pass over ``loader``; returns the mean loss, the time and the statistics of the batch
-    miner(s) inside ``criterion``. Each step's embeddings go to ``sampler.update_storage`` (a no-op
-    for samplers without an embedding memory).
+    """One pass over ``loader`` (:func:`training_step` per batch); returns the mean loss, the time
+    and the statistics of the batch miner(s) inside ``criterion``. Each step's gathered embeddings
+    go to ``sampler.update_storage`` (a no-op for samplers without an embedding memory), so every
+    rank's sampler holds the same memory.
 
     Non-finite embeddings are caught before the loss sees them (a miner would otherwise misreport
     them, e.g. as "not L2-normalised"), a non-finite loss before the step: either raises
@@ -92,23 +150,21 @@ def train_one_epoch(
     model.train()
     criterion.train()
     start, losses = time.perf_counter(), []
-    amp_dtype = model.autocast_dtype(device.type) if hasattr(model, "autocast_dtype") else None
+    net = distributed.unwrap(model)
+    amp_dtype = net.autocast_dtype(device.type) if hasattr(net, "autocast_dtype") else None
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     bar = tqdm(loader, desc=f"Epoch {epoch} training", leave=False, disable=not progress)
     for step, (images, labels, idx) in enumerate(bar):
-        embeddings = model(images.to(device, non_blocking=True))
-        if not bool(torch.isfinite(embeddings).all()):
-            raise _diverged("non-finite embeddings", epoch, step, last_good)
-        loss = criterion(embeddings.float(), labels.to(device))
-        if not bool(torch.isfinite(loss)):
-            raise _diverged(f"loss {loss.item()}", epoch, step, last_good)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()  # a no-op scaler unless --amp runs fp16 (architectures/base.py)
-        scaler.step(optimizer)
-        scaler.update()
+        try:
+            loss, embeddings, _, indices = training_step(
+                model, criterion, images.to(device, non_blocking=True), labels, idx, optimizer, scaler, dist
+            )
+        except _NonFinite as err:
+            raise _diverged(str(err), epoch, step, last_good) from None
         losses.append(loss.item())
-        sampler.update_storage(embeddings.detach(), idx)
+        sampler.update_storage(embeddings, indices)
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    distributed.broadcast_module(net, dist, buffers_only=True)  # one model for the sharded evaluation
     stats = {"loss": sum(losses) / max(1, len(losses)), "train_time": time.perf_counter() - start}
     stats["lr"] = optimizer.param_groups[0]["lr"]
     for module in criterion.modules():  # the miner is a submodule of the loss (or of its wrapper)
