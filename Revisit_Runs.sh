@@ -18,6 +18,12 @@
 #   save_path   where run folders go (default ./Training_Results): <save_path>/<dataset>/<group>_s<seed>
 #   SEEDS       seeds to run (default "0 1 2 3 4"; digits: "0 1")
 #   PYTHON      the interpreter (default "python"; e.g. "uv run python")
+#   NPROC       processes per run (default 1: plain "python main.py"); N > 1 launches every run as
+#               "$PYTHON -m torch.distributed.run $TORCHRUN_ARGS --nproc_per_node N main.py ...",
+#               the same experiment (--bs stays the global batch, so it must be divisible by N:
+#               the study's 112 works with 2, 4, 7, 8)
+#   TORCHRUN_ARGS  torchrun's own flags (default "--standalone"; several nodes: e.g. "--nnodes 2
+#               --rdzv_backend c10d --rdzv_endpoint host:29500 --rdzv_id $SLURM_JOB_ID")
 #   EXTRA_ARGS  appended to every command, so they override the study's flags (e.g. "--n_epochs 1")
 #   LOG_ONLINE  1: also log to W&B (project RevisitDML; the key comes from WANDB_API_KEY or
 #               `wandb login`); default: local run folders only
@@ -131,6 +137,10 @@ main() {
         *) echo "unknown dataset '$dataset' (all, cub200, cars196, online_products, digits)" >&2; exit 2 ;;
     esac
     local save=${save_path:-./Training_Results} python=${PYTHON:-python} extra=${EXTRA_ARGS:-}
+    local launch="$python main.py"
+    if [[ ${NPROC:-1} -gt 1 ]]; then
+        launch="$python -m torch.distributed.run ${TORCHRUN_ARGS:---standalone} --nproc_per_node $NPROC main.py"
+    fi
     local online=""
     [[ ${LOG_ONLINE:-0} == 1 ]] && online="--log_online --project RevisitDML"
     if [[ $cmd == run && $datasets != digits && -z ${datapath:-} ]]; then
@@ -143,7 +153,7 @@ main() {
         groups) cut -d'|' -f2 <<< "$all" | uniq ;;
         list)
             while IFS='|' read -r ds g seed flags; do
-                echo "$python main.py $flags --save_path $save $online $extra" | tr -s ' ' | sed 's/ $//'
+                echo "$launch $flags --save_path $save $online $extra" | tr -s ' ' | sed 's/ $//'
             done <<< "$all" ;;
         run)
             while IFS='|' read -r ds g seed flags; do
@@ -154,13 +164,13 @@ main() {
                 fi
                 if [[ -f $folder/args.json ]]; then
                     echo "[$n] resume $g seed $seed"
-                    $python main.py --resume "$folder" </dev/null || { failed=$((failed + 1)); echo "FAILED: $g seed $seed" >&2; }
+                    $launch --resume "$folder" </dev/null || { failed=$((failed + 1)); echo "FAILED: $g seed $seed" >&2; }
                     continue
                 fi
                 echo "[$n] run $g seed $seed"
                 flags=${flags//\$datapath/${datapath:-}}
                 # shellcheck disable=SC2086  # the flags are meant to split into words
-                $python main.py $flags --save_path "$save" $online $extra </dev/null \
+                $launch $flags --save_path "$save" $online $extra </dev/null \
                     || { failed=$((failed + 1)); echo "FAILED: $g seed $seed" >&2; }
             done <<< "$all"
             if [[ $failed -gt 0 ]]; then echo "$failed run(s) failed" >&2; exit 1; fi ;;

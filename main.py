@@ -1,8 +1,12 @@
 """Train and evaluate one deep-metric-learning run (flags: ``python main.py --help``).
 
-parse -> seed -> data -> sampler -> miner -> criterion -> model -> optimiser -> logger ->
-for each epoch: train, evaluate (test; validation; train unless --no_train_metrics), log,
+parse -> processes -> seed -> data -> sampler -> miner -> criterion -> model -> optimiser ->
+logger -> for each epoch: train, evaluate (test; validation; train unless --no_train_metrics), log,
 checkpoint -> summary.json. Configuration errors end with one line on stderr and exit code 2.
+
+``torchrun --nproc_per_node N main.py ...`` runs the same experiment on N processes (see
+utilities/distributed.py): the same global ``--bs`` batches, losses on the gathered batch, summed
+gradients, sharded evaluation; rank 0 is the one writer of the run folder.
 """
 
 from __future__ import annotations
@@ -34,10 +38,10 @@ from evaluation import (
     should_evaluate,
 )
 from evaluation.selection import improved, selection_split, summary
-from utilities import checkpoint
+from utilities import checkpoint, distributed
 from utilities.cli import announce_run, run_entry_point, setup_logging
 from utilities.faults import kill_point, train_iterable
-from utilities.logger import RunLogger, public_args
+from utilities.logger import RunLogger, SilentLogger, public_args
 from utilities.seeding import GeneratorState, GlobalRNG, resolve_device, seed_everything
 from utilities.training import build_optimizer, build_scheduler, make_loader, train_one_epoch
 
@@ -48,8 +52,19 @@ def main(argv: list[str] | None = None) -> dict:
     setup_logging()
     opt, state = parameters.parse_run(argv)  # --resume / --evaluate_only: stored flags + checkpoint
     wall_start = time.time()
+
+    # ---- processes (torchrun; a plain ``python main.py`` is one process and skips all of this) ----
+    dist = distributed.environment()
+    if not opt.evaluate_only:  # evaluation splits any split size over the ranks
+        distributed.check_batch(opt.bs, dist)
+    device = distributed.device_for(dist, opt.device, opt.gpu) or resolve_device(opt.device, opt.gpu)
+    distributed.check_sync_bn(opt.sync_bn, dist, device)
+    dist = distributed.init(dist, device, opt.dist_backend, opt.dist_timeout)
+    opt.world_size, opt.process_group = dist.world_size, dist.backend  # recorded in args.json
+    distributed.check_same_flags(public_args(opt), dist)
+    if not dist.is_main:
+        setup_logging(logging.WARNING)  # rank 0 reports the run
     seed_everything(opt.seed)
-    device = resolve_device(opt.device, opt.gpu)
     metric_device = device if opt.evaluate_on_gpu else torch.device("cpu")
     check_options(opt, metric_device)
     architectures.check_pretrained_path(opt.arch, opt.pretrained_path)
@@ -58,20 +73,21 @@ def main(argv: list[str] | None = None) -> dict:
     splits = datasets.select(opt.dataset, opt, architectures.input_config(opt.arch))
     train_set, n_classes = splits["training"], splits["training"].n_classes
     sampler = datasampler.select(opt.data_sampler, opt, train_set.labels)
-    train_loader = make_loader(train_set, opt, batch_sampler=sampler, seed=opt.seed)
+    train_loader = make_loader(train_set, opt, batch_sampler=sampler, seed=opt.seed, dist=dist)
     eval_names = ["testing", "validation"] + ([] if opt.no_train_metrics else ["evaluation"])
-    eval_loaders = {s: make_loader(splits[s], opt) for s in eval_names if s in splits}
+    eval_loaders = {s: make_loader(splits[s], opt, dist=dist) for s in eval_names if s in splits}
 
     # ---- miner, loss (before the model: a bad combination fails before any weight download) ------
     batchminer = batch_mining.select(opt.batch_mining, opt) if criteria.requires_miner(opt.loss) else None
     criterion = criteria.select(opt.loss, opt, n_classes=n_classes, batchminer=batchminer).to(device)
+    distributed.broadcast_module(criterion, dist)  # e.g. randomly initialised proxies
 
     # ---- model, optimiser, state ----------------------------------------------------------------
-    model = architectures.select(opt.arch, opt).to(device)
+    model = architectures.select(opt.arch, opt)
+    model = (distributed.convert_sync_bn(model, dist) if opt.sync_bn else model).to(device)
+    new_logger = (lambda: RunLogger(opt)) if dist.is_main else SilentLogger
     if opt.evaluate_only:
-        return evaluate_checkpoint(
-            model, state, eval_loaders, opt, device, metric_device, lambda: RunLogger(opt)
-        )
+        return evaluate_checkpoint(model, state, eval_loaders, opt, device, metric_device, new_logger, dist)
     optimizer = build_optimizer(model, criterion, opt)
     scheduler = build_scheduler(optimizer, opt)
     parts = {  # every stateful object of the run, each saved by itself; the process RNGs last
@@ -81,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
         "scheduler": scheduler,
         "sampler": sampler,
         "loader_generator": GeneratorState(train_loader.generator),
-        "rng": GlobalRNG(),
+        "rng": distributed.PerRank(GlobalRNG(), dist),  # one state per rank
     }
     history: dict[str, list[dict | None]] = {s: [] for s in eval_loaders}
     best_epoch, start_epoch, wall_before = None, 0, 0.0
@@ -89,8 +105,21 @@ def main(argv: list[str] | None = None) -> dict:
         checkpoint.restore(state, parts, source=Path(opt.resume) / "checkpoint_last.pt")
         history, best_epoch, wall_before = state["history"], state["best_epoch"], state["wall_time"]
         start_epoch = state["epoch"] + 1
-    sampler.init_storage(lambda: embed(model, make_loader(splits["evaluation"], opt), device)[0])
-    logger = RunLogger(opt, Path(opt.resume) if opt.resume else None, resume=bool(opt.resume))
+    train_model = distributed.wrap_model(model, dist, device)  # DDP (summed gradients) under torchrun
+    if dist.active and not opt.sync_bn and distributed.batchnorm_in_train_mode(model):
+        log.warning(
+            f"{opt.arch}: BatchNorm in train mode normalises each rank's slice of {opt.bs // dist.world_size} "
+            "with its own statistics (the single-process run uses the whole batch); use a _frozen "
+            "backbone or --sync_bn (CUDA) for the same training"
+        )
+    sampler.init_storage(
+        lambda: embed(model, make_loader(splits["evaluation"], opt, dist=dist), device, dist)[0]
+    )
+    if dist.is_main:
+        logger = RunLogger(opt, Path(opt.resume) if opt.resume else None, resume=bool(opt.resume))
+    else:
+        logger = SilentLogger()
+    logger.folder = distributed.broadcast_object(logger.folder, dist)
     if state is not None:
         logger.restore(state["rows"])
         log.info(f"Resumed after epoch {state['epoch']}")
@@ -105,21 +134,31 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- train ------------------------------------------------------------------------------------
     for epoch in range(start_epoch, opt.n_epochs):
+        train_set.set_epoch(opt.seed, epoch)  # augmentation keyed on (seed, epoch, sample)
         stats = train_one_epoch(
-            model,
+            train_model,
             criterion,
             train_iterable(train_loader, epoch),
             optimizer,
             device,
             epoch=epoch,
             sampler=sampler,
-            progress=not opt.no_progress,
+            progress=not opt.no_progress and dist.is_main,
             last_good=logger.folder / "checkpoint_last.pt",
+            dist=dist,
         )
         logger.log(epoch, "training", stats)
         due = [s for s in eval_loaders if should_evaluate(s, epoch, opt)]
         results = evaluate_splits(
-            model, eval_loaders, opt, device, metric_device, folder=logger.folder, epoch=epoch, only=due
+            model,
+            eval_loaders,
+            opt,
+            device,
+            metric_device,
+            folder=logger.folder,
+            epoch=epoch,
+            only=due,
+            dist=dist,
         )
         line = [f"Epoch {epoch}: loss {stats['loss']:.4f} ({stats['train_time']:.1f}s)"]
         for split, res in results.items():
@@ -142,10 +181,11 @@ def main(argv: list[str] | None = None) -> dict:
             best_epoch=best_epoch,
             wall_time=wall_before + time.time() - wall_start,
             args=public_args(opt),
-        )
-        if best_epoch == epoch:  # best before last: a crash in between redoes this epoch and rewrites both
+        )  # a collective under torchrun (every rank's RNG state); rank 0 writes
+        if dist.is_main and best_epoch == epoch:  # best before last: a crash in between redoes this epoch
             checkpoint.save_atomic(saved, logger.folder / "checkpoint_best.pt")
-        checkpoint.save_atomic(saved, logger.folder / "checkpoint_last.pt")
+        if dist.is_main:
+            checkpoint.save_atomic(saved, logger.folder / "checkpoint_last.pt")
         kill_point(f"saved:{epoch}")
 
     # ---- summary ----------------------------------------------------------------------------------
@@ -161,6 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
     if best_epoch is not None:
         best = format_results(result["metrics"]["testing"], opt.evaluation_metrics)
         log.info(f"Selected epoch {best_epoch} on {select_on} {select_metric}; testing: {best}")
+    distributed.shutdown(dist)
     return result
 
 

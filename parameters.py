@@ -27,7 +27,7 @@ import criteria
 import datasampler
 import datasets
 from evaluation.options import add_evaluation_args, add_setup_args, metric_name
-from utilities import checkpoint
+from utilities import checkpoint, distributed
 from utilities.cli import ShortUsageParser as Parser
 from utilities.cli import explicit_flags, stored_namespace
 from utilities.errors import ConfigError
@@ -157,6 +157,26 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--tau", type=int, nargs="+", default=[1000], help="MultiStepLR milestones (epochs)")
     train.add_argument(
         "--optim", default="adam", choices=["adam", "adamw", "sgd"], help="SGD uses momentum 0.9"
+    )
+
+    par = parser.add_argument_group("distributed (under torchrun; --bs stays the global batch)")
+    par.add_argument(
+        "--dist_backend",
+        default="auto",
+        choices=["auto", "nccl", "gloo"],
+        help="process-group backend; auto: nccl for CUDA, gloo for CPU processes",
+    )
+    par.add_argument(
+        "--dist_timeout",
+        type=positive_float,
+        default=600.0,
+        help="seconds a collective waits for the other ranks before the run fails (a dead rank)",
+    )
+    par.add_argument(
+        "--sync_bn",
+        action="store_true",
+        help="BatchNorm statistics over the global batch (SyncBatchNorm, CUDA); without it each "
+        "rank normalises with its own slice's statistics",
     )
 
     plug = parser.add_argument_group("plugins")
@@ -311,6 +331,8 @@ RESUME_OVERRIDABLE = {
     "evaluate_on_gpu",
     "kernels",
     "wandb_timeout",
+    "dist_backend",
+    "dist_timeout",
 }
 # Flags that describe the process, not the experiment: never restored from a stored run.
 NOT_RESTORED = {"resume", "evaluate_only", "checkpoint"}
@@ -361,7 +383,8 @@ def _resume_namespace(
             f"--resume {folder}: run already has {state['epoch'] + 1} epochs; --n_epochs must be larger "
             f"to extend it (given {new.n_epochs})"
         )
-    probe_lock(folder)
+    if distributed.environment().is_main:  # under torchrun rank 0 may already hold the lock
+        probe_lock(folder)
     check_writable(folder, "--resume")
     return new, state
 

@@ -22,6 +22,7 @@ from torch import nn
 import metrics
 from evaluation.options import search_options
 from metrics.ranking import check_backend
+from utilities import distributed
 from utilities.checkpoint import load_weights
 from utilities.errors import ConfigError
 from utilities.logger import RunLogger, writing
@@ -31,9 +32,15 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def embed(
-    model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    device: torch.device,
+    dist: distributed.Context = distributed.SINGLE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, D) float32 embeddings and (N,) labels of every item of ``loader``'s dataset, in order."""
+    """(N, D) float32 embeddings and (N,) labels of every item of ``loader``'s dataset, in order.
+
+    Under torchrun each rank's loader covers its shard (``make_loader(..., dist=)``); the shards
+    are gathered so that every rank returns the whole split in dataset order."""
     was_training = model.training
     model.eval()
     n = len(loader.dataset)
@@ -46,6 +53,14 @@ def embed(
         embeddings[idx.to(out.device)] = out
         labels[idx] = batch_labels
     model.train(was_training)
+    if dist.active:  # a rank whose shard is empty learns the width from the others
+        dims = distributed.all_gather_object(None if embeddings is None else embeddings.shape[1], dist)
+        dim = next((d for d in dims if d is not None), None)
+        if embeddings is None and dim is not None:
+            embeddings = torch.empty(n, dim, dtype=torch.float32, device=device)
+        if embeddings is not None:
+            embeddings = distributed.gather_shards(embeddings, dist)
+            labels = distributed.gather_shards(labels.to(embeddings.device), dist).cpu()
     if embeddings is None:
         raise ValueError("cannot evaluate an empty split")
     return embeddings, labels
@@ -83,15 +98,21 @@ def evaluate_split(
     metric_device: torch.device | str = "cpu",
     save_to: str | Path | None = None,
     epoch: int | None = None,
+    dist: distributed.Context = distributed.SINGLE,
     **search: Any,
-) -> dict[str, float | list[float]]:
+) -> dict[str, float | list[float]] | None:
     """All ``metric_names`` on one split, plus ``eval_time`` (seconds, embedding included; a CSV
     column) and ``eval_time_stages`` (a dict of seconds per stage: embed, ranking, kmeans, svd, ...; kept out
     of the CSV, which holds scalars, but stored in the run's history and summary). ``search``: the
-    retrieval options of :func:`metrics.compute` (backend, chunk, faiss index, k-means)."""
+    retrieval options of :func:`metrics.compute` (backend, chunk, faiss index, k-means).
+
+    Under torchrun every rank embeds its shard, and rank 0 alone computes the metrics (and saves
+    the embeddings); the other ranks return None."""
     start = time.perf_counter()
-    embeddings, labels = embed(model, loader, device)
+    embeddings, labels = embed(model, loader, device, dist)
     t_embed = time.perf_counter() - start
+    if not dist.is_main:
+        return None
     is_query, is_gallery = query_gallery_masks(loader.dataset)
     if save_to is not None:
         save_embeddings(
@@ -145,10 +166,12 @@ def evaluate_splits(
     folder: Path,
     epoch: int,
     only: list[str] | None = None,
+    dist: distributed.Context = distributed.SINGLE,
 ) -> dict[str, dict | None]:
     """:func:`evaluate_split` with the evaluation flags on each split of ``loaders`` (those in
-    ``only``, if given; the others map to None, which keeps a per-epoch history aligned)."""
-    return {
+    ``only``, if given; the others map to None, which keeps a per-epoch history aligned). Under
+    torchrun rank 0's results are broadcast, so every rank selects the same epoch."""
+    results = {
         split: evaluate_split(
             model,
             loader,
@@ -156,12 +179,14 @@ def evaluate_splits(
             device,
             seed=opt.seed,
             metric_device=metric_device,
+            dist=dist,
             **eval_options(opt, split, folder, epoch),
         )
         if only is None or split in only
         else None
         for split, loader in loaders.items()
     }
+    return distributed.broadcast_object(results, dist)
 
 
 def check_options(opt, metric_device: torch.device) -> None:
@@ -205,6 +230,7 @@ def evaluate_checkpoint(
     device: torch.device,
     metric_device: torch.device,
     logger: RunLogger | Callable[[], RunLogger],
+    dist: distributed.Context = distributed.SINGLE,
 ) -> dict[str, Any]:
     """``main.py --evaluate_only``: the checkpoint's weights, every split evaluated once, and a run
     folder (args.json, metrics.csv at the checkpoint's epoch, summary.json) like a training run's.
@@ -220,13 +246,16 @@ def evaluate_checkpoint(
             f"--checkpoint {opt.checkpoint} (--arch {opt.arch} --embed_dim {opt.embed_dim})",
         )
     except ConfigError:
-        if isinstance(logger, RunLogger):
+        if not callable(logger):
             logger.discard()
         raise
-    if not isinstance(logger, RunLogger):
+    if callable(logger):
         logger = logger()
+    folder = distributed.broadcast_object(logger.folder, dist)  # rank 0's run folder
     epoch = int(state["epoch"])
-    results = evaluate_splits(model, loaders, opt, device, metric_device, folder=logger.folder, epoch=epoch)
+    results = evaluate_splits(
+        model, loaders, opt, device, metric_device, folder=folder, epoch=epoch, dist=dist
+    )
     for split, res in results.items():
         logger.log(epoch, split, res)
         log.info(f"{split}: " + format_results(res, opt.evaluation_metrics))

@@ -19,7 +19,9 @@ SCRIPT = ROOT / "Revisit_Runs.sh"
 
 def script(*args: str, **env: str) -> subprocess.CompletedProcess:
     full_env = {
-        k: v for k, v in os.environ.items() if k not in ("SEEDS", "EXTRA_ARGS", "LOG_ONLINE", "datapath")
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("SEEDS", "EXTRA_ARGS", "LOG_ONLINE", "datapath", "NPROC", "TORCHRUN_ARGS")
     }
     return subprocess.run(["bash", str(SCRIPT), *args], env=full_env | env, cwd=ROOT, capture_output=True, text=True,
                           timeout=60)  # fmt: skip
@@ -54,6 +56,18 @@ def test_every_study_line_parses_and_names_registered_plugins():
         assert opt.batch_mining in batch_mining.REGISTRY.names(), line
         assert opt.dataset in datasets.REGISTRY.names(), line
         assert opt.source_path == "$datapath" and opt.savename == f"{opt.group}_s{opt.seed}"
+
+
+def test_nproc_launches_every_run_with_torchrun():
+    plain = script("list", "cub200", "CUB_Margin_b12_Distance").stdout.splitlines()
+    lines = script("list", "cub200", "CUB_Margin_b12_Distance", NPROC="4").stdout.splitlines()
+    prefix = "python -m torch.distributed.run --standalone --nproc_per_node 4 main.py "
+    assert len(lines) == 5 and all(line.startswith(prefix) for line in lines)
+    assert [line[len(prefix) :] for line in lines] == [p[len("python main.py ") :] for p in plain]
+    bs = {int(shlex.split(line)[shlex.split(line).index("--bs") + 1]) for line in lines}
+    assert bs == {112} and 112 % 4 == 0  # the global batch is unchanged
+    nodes = script("list", "digits", NPROC="2", TORCHRUN_ARGS="--nnodes 2 --rdzv_endpoint h:1").stdout
+    assert nodes.splitlines()[0].startswith("python -m torch.distributed.run --nnodes 2 --rdzv_endpoint h:1 ")
 
 
 def test_selection_and_bad_input():
