@@ -112,7 +112,7 @@ runs() {
     local datasets=$1 only_group=$2 ds line name flags reg group seed seeds epochs source
     for ds in $datasets; do
         if [[ $ds == digits ]]; then
-            seeds=${SEEDS:-"0 1"} epochs=20 source="--lr 1e-3 --bs 100 --samples_per_class 4 --kernels 0 --embed_dim 64 --use_tv_split --tv_split_by_samples"
+            seeds=${SEEDS:-"0 1"} epochs=20 source="--lr 1e-3 --bs 100 --samples_per_class 4 --kernels 0 --embed_dim 64 --use_tv_split --tv_split_by_samples --storage_metrics mAP@R e_recall@1"
         else
             seeds=${SEEDS:-"0 1 2 3 4"} source="$COMMON --source \$datapath"
             [[ $ds == online_products ]] && epochs=100 || epochs=150

@@ -37,7 +37,7 @@ from evaluation import (
     format_results,
     should_evaluate,
 )
-from evaluation.selection import improved, selection_split, summary
+from evaluation.selection import improved, selection_key, selection_split, summary
 from utilities import checkpoint, distributed
 from utilities.cli import announce_run, run_entry_point, setup_logging
 from utilities.faults import kill_point, train_iterable
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
         scheduler.step()
         kill_point(f"logged:{epoch}")
 
-        scores = [r.get(select_metric) for r in history[select_on]]
+        scores = [selection_key(r, opt.storage_metrics) for r in history[select_on]]
         if improved(scores[:-1], scores[-1]):
             best_epoch = epoch
         saved = checkpoint.gather(
@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
         select_metric,
         wall_time=wall_before + time.time() - wall_start,
         n_epochs=opt.n_epochs,
+        tie_breakers=opt.storage_metrics[1:],
     )
     logger.summary(result)
     if best_epoch is not None:

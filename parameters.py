@@ -215,7 +215,8 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         type=metric_name,
         default=["e_recall@1"],
-        help="the first one selects the best epoch (on validation if present, else test)",
+        help="the first one selects the best epoch (on validation if present, else test); the "
+        "others break its ties in order (a full tie keeps the earliest epoch)",
     )
     ev.add_argument(
         "--evaluate_on_gpu", action="store_true", help="compute the metrics on the training device"

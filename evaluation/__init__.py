@@ -192,21 +192,22 @@ def evaluate_splits(
 def check_options(opt, metric_device: torch.device) -> None:
     """Before training, so a bad combination never costs a finished epoch: ``--eval_backend``
     must run where the metrics are computed (numba is CPU only), and the selection metric (the
-    first ``--storage_metrics``) must be a scalar that ``--evaluation_metrics`` computes."""
+    first ``--storage_metrics``; the others break its ties) must be scalars that
+    ``--evaluation_metrics`` computes."""
     try:
         check_backend(opt.eval_backend, metric_device)
     except ValueError as err:
         raise ConfigError(
             f"--eval_backend {opt.eval_backend} with metrics on {metric_device}: {err}"
         ) from None
-    key = opt.storage_metrics[0]
-    if key not in opt.evaluation_metrics:
-        raise ConfigError(
-            f"--storage_metrics {key}: the selection metric must be one of --evaluation_metrics "
-            f"({' '.join(opt.evaluation_metrics)})"
-        )
-    if metrics.returns_array(key):
-        raise ConfigError(f"--storage_metrics {key}: an array metric cannot select an epoch")
+    for key in opt.storage_metrics:  # the first selects; the others break its ties
+        if key not in opt.evaluation_metrics:
+            raise ConfigError(
+                f"--storage_metrics {key}: the selection metric must be one of --evaluation_metrics "
+                f"({' '.join(opt.evaluation_metrics)})"
+            )
+        if metrics.returns_array(key):
+            raise ConfigError(f"--storage_metrics {key}: an array metric cannot select an epoch")
     try:
         metrics.check_faiss_request(opt.evaluation_metrics, opt.eval_backend, opt.eval_index)
     except ValueError as err:

@@ -82,7 +82,7 @@ def test_selection_and_bad_input():
 def test_digits_sweep_runs_restarts_and_aggregates(tmp_path):
     save = tmp_path / "results"
     groups = "DIG_Margin_b12_Distance DIG_MS"
-    tiny = "--n_epochs 1 --evaluation_metrics e_recall@1 nmi --no_progress --embed_dim 16"
+    tiny = "--n_epochs 1 --evaluation_metrics e_recall@1 mAP@R nmi --no_progress --embed_dim 16"
     env = {"SEEDS": "0 1", "EXTRA_ARGS": tiny, "save_path": str(save)}
     lines = script("list", "digits", groups, **env).stdout.splitlines()
     assert len(lines) == 4
