@@ -95,7 +95,7 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--dataset", default="cub200", help="dataset name (see the list below)")
     data.add_argument(
         "--source_path",
-        default=os.path.join(os.getcwd(), "..", "..", "Datasets"),
+        default=os.path.normpath(os.path.join(os.getcwd(), "..", "..", "Datasets")),
         help="parent folder of the datasets; <source_path>/<dataset> is read",
     )
     data.add_argument(
@@ -144,7 +144,7 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> None:
         help="if >= 0, separate learning rate of the embedding head (last_linear); -1: off",
     )
     train.add_argument("--decay", type=non_negative_float, default=4e-4, help="weight decay of the network")
-    train.add_argument("--n_epochs", type=positive_int, default=150)
+    train.add_argument("--n_epochs", type=positive_int, default=150, help="training epochs")
     train.add_argument("--kernels", type=non_negative_int, default=6, help="DataLoader worker processes")
     train.add_argument("--bs", type=positive_int, default=112, help="batch size")
     train.add_argument(
@@ -242,7 +242,11 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> None:
         default="group_plus_seed",
         help="run folder name; default: <group>_s<seed> with --log_online, else a timestamp",
     )
-    setup.add_argument("--save_path", default=os.path.join(os.getcwd(), "Training_Results"))
+    setup.add_argument(
+        "--save_path",
+        default=os.path.join(os.getcwd(), "Training_Results"),
+        help="run folders go to <save_path>/<dataset>/<run name>",
+    )
     setup.add_argument("--no_progress", action="store_true", help="no tqdm progress bars")
     setup.add_argument(
         "--resume",

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embeddings", required=True, help=".npz with arrays embeddings (N, D), labels (N,)")
     add_evaluation_args(p.add_argument_group("evaluation"))
     add_setup_args(p.add_argument_group("setup (the device computes the metrics)"))
-    p.add_argument("--json", default=None, help="output JSON (default: <FILE>.metrics.json)")
+    p.add_argument("--json", default=None, help="output JSON; by default <FILE>.metrics.json")
     return p
 
 

@@ -92,7 +92,12 @@ def add_evaluation_args(group: argparse._ArgumentGroup) -> None:
 def add_setup_args(group: argparse._ArgumentGroup) -> None:
     """Device and seed (shared by every entry point)."""
     group.add_argument("--seed", type=int, default=1, help="seed of everything random (k-means included)")
-    group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    group.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="auto: the first --gpu if CUDA is available, else the CPU",
+    )
     group.add_argument("--gpu", type=int, nargs="+", default=[0], help="CUDA device id (the first is used)")
 
 

@@ -166,3 +166,19 @@ def test_help_keeps_the_full_usage(capsys):
     out = capsys.readouterr().out
     assert exc.value.code == 0
     assert out.startswith("usage: main.py [-h]") and "--loss_margin_beta_lr" in out.split("\n\n")[0]
+
+
+def test_every_flag_explains_itself_and_shows_its_default_once():
+    """``--help`` of main.py and of ``python -m evaluation``: a help text for every flag, no
+    unresolved ``..`` path, and no default printed twice."""
+    import importlib
+
+    evaluation_cli = importlib.import_module("evaluation.__main__")
+    for parser in (parameters.build_parser(), evaluation_cli.build_parser()):
+        missing = [
+            a.option_strings[0] for a in parser._actions if a.option_strings and not (a.help or "").strip()
+        ]
+        assert missing == [], missing
+        text = parser.format_help()
+        assert all(line.count("(default:") <= 1 for line in text.splitlines()), text
+        assert "/../" not in text and "\\..\\" not in text
