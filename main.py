@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> dict:
     # ---- data ---------------------------------------------------------------------------------
     splits = datasets.select(opt.dataset, opt, architectures.input_config(opt.arch))
     train_set, n_classes = splits["training"], splits["training"].n_classes
+    split_info = datasets.split_summary(splits)  # recorded in summary.json
+    for name, info in split_info.items():
+        log.info(f"{name}: " + ", ".join(f"{k} {v}" for k, v in info.items()))
     sampler = datasampler.select(opt.data_sampler, opt, train_set.labels)
     train_loader = make_loader(train_set, opt, batch_sampler=sampler, seed=opt.seed, dist=dist)
     eval_names = ["testing", "validation"] + ([] if opt.no_train_metrics else ["evaluation"])
@@ -198,6 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
         n_epochs=opt.n_epochs,
         tie_breakers=opt.storage_metrics[1:],
     )
+    result["splits"] = split_info
     logger.summary(result)
     if best_epoch is not None:
         best = format_results(result["metrics"]["testing"], opt.evaluation_metrics)

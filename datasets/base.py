@@ -19,6 +19,7 @@ from the command line.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -149,6 +150,27 @@ class SplitDataset(torch.utils.data.Dataset):
             self.transform if transform is _KEEP else transform,
             name=self.name if name is None else name,
         )
+
+
+def split_summary(splits: dict[str, SplitDataset]) -> dict[str, dict[str, Any]]:
+    """Images and classes of every split (query / gallery counts where the split has them) and a
+    hash of its membership: 16 hex digits of the SHA-256 of the sorted (last two path components
+    of each sample, label) pairs, so the same class split gives the same hash on any machine and
+    any other split (another --seed for the validation split, another dataset release) does not."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, split in splits.items():
+        entries = sorted(
+            f"{'/'.join(Path(str(sample)).parts[-2:])}\t{int(label)}"
+            for sample, label in zip(split.samples, split.labels.tolist(), strict=True)
+        )
+        info: dict[str, Any] = {"images": len(split), "classes": split.n_classes}
+        if split.is_query is not None:
+            info["queries"] = int(split.is_query.sum())
+        if split.is_gallery is not None:
+            info["gallery"] = int(split.is_gallery.sum())
+        info["hash"] = hashlib.sha256("\n".join(entries).encode()).hexdigest()[:16]
+        out[name] = info
+    return out
 
 
 def train_val_masks(

@@ -91,6 +91,14 @@ def test_validation_split_is_used_for_selection_and_train_metrics_can_be_skipped
     rows = read_rows(tmp_path / "digits" / "run")
     assert {r["split"] for r in rows} == {"training", "testing", "validation"}
     assert summary["selection_split"] == "validation" and summary["selected_on_test_split"] is False
+    splits = summary["splits"]  # images, classes and a membership hash of every split
+    assert {k: (v["images"], v["classes"]) for k, v in splits.items()} == {
+        "training": (720, 4),
+        "validation": (181, 1),
+        "evaluation": (720, 4),
+        "testing": (896, 5),
+    }
+    assert splits["training"]["hash"] == splits["evaluation"]["hash"] != splits["testing"]["hash"]
 
 
 def test_same_seed_gives_identical_metrics(tmp_path):
