@@ -333,7 +333,7 @@ def _start_wandb(opt: argparse.Namespace, folder: Path):
             name=folder.name,
             dir=str(folder),
             config=public_args(opt),
-            reinit=True,
+            reinit="finish_previous",  # a sweep in one process: close the last run (bool form is deprecated)
             # wandb waits 90 s for an unreachable server by default: 8 h over a 335-run sweep
             settings=wandb.Settings(init_timeout=getattr(opt, "wandb_timeout", 10.0)),
         )
