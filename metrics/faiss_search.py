@@ -72,6 +72,7 @@ from contextlib import AbstractContextManager, nullcontext
 import numpy as np
 import torch
 
+from metrics.kmeans import prepare as kmeans_input
 from metrics.ranking import BLOCK_ELEMENTS, PAD, faiss_gpus, import_faiss
 
 INDEXES = ("flat", "ivf", "hnsw", "ivfpq")
@@ -352,13 +353,8 @@ def kmeans(
 ) -> torch.Tensor:
     """(N,) cluster of every row of ``x`` after ``faiss.Kmeans`` (k capped at N), on ``x``'s device."""
     faiss = import_faiss()
+    x, k = kmeans_input(x, k, spherical)
     n = len(x)
-    if k < 1:
-        raise ValueError("k-means needs k >= 1")
-    k = min(k, n)
-    x = x.float()
-    if spherical:
-        x = torch.nn.functional.normalize(x, dim=1)
     data = _numpy(x)
     km = faiss.Kmeans(
         data.shape[1],

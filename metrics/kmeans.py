@@ -83,6 +83,17 @@ def nearest_two(x: torch.Tensor, centroids: torch.Tensor, chunk: int | None = No
     return assign, (first + x_sq).clamp_min(0).sqrt(), (second + x_sq).clamp_min(0).sqrt()
 
 
+def prepare(x: torch.Tensor, k: int, spherical: bool) -> tuple[torch.Tensor, int]:
+    """The rows every k-means backend clusters (float32; unit-norm when ``spherical``) and k capped
+    at their number; k < 1 is a ValueError."""
+    if k < 1:
+        raise ValueError("k-means needs k >= 1")
+    x = x.float()
+    if spherical:
+        x = torch.nn.functional.normalize(x, dim=1)
+    return x, min(k, len(x))
+
+
 def kmeans(
     x: torch.Tensor,
     k: int,
@@ -95,13 +106,8 @@ def kmeans(
 ) -> torch.Tensor:
     """(N,) cluster index of every row of ``x`` (N, D) after seeded Lloyd k-means. ``backend``
     picks the nearest-centroid pass (see :func:`nearest_two`); every backend gives the same result."""
+    x, k = prepare(x, k, spherical)
     n = len(x)
-    if k < 1:
-        raise ValueError("k-means needs k >= 1")
-    k = min(k, n)
-    x = x.float()
-    if spherical:
-        x = torch.nn.functional.normalize(x, dim=1)
     gen = torch.Generator().manual_seed(int(seed))
     centroids = x[torch.randperm(n, generator=gen)[:k].to(x.device)].clone()
     assign, upper, lower = nearest_two(x, centroids, chunk, backend)
