@@ -26,10 +26,10 @@ import batch_mining
 import criteria
 import datasampler
 import datasets
-from evaluation.options import add_evaluation_args, add_setup_args, metric_name
+from evaluation.options import add_evaluation_args, add_setup_args, metric_name, metrics_for
 from utilities import checkpoint, distributed
+from utilities.cli import HelpFormatter, explicit_flags, stored_namespace
 from utilities.cli import ShortUsageParser as Parser
-from utilities.cli import explicit_flags, stored_namespace
 from utilities.errors import ConfigError
 from utilities.logger import check_writable, probe_lock
 
@@ -289,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="main.py",
         description="Deep metric learning benchmark (Revisiting DML, ICML 2020, corrected).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     basic_training_parameters(parser)
     wandb_parameters(parser)
@@ -318,7 +318,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
+    return with_presets(build_parser().parse_args(argv))
+
+
+def with_presets(opt: argparse.Namespace) -> argparse.Namespace:
+    """Fill the defaults that depend on the dataset: without ``--evaluation_metrics``, the study's
+    metric list with the Recall@k ranks of ``--dataset`` (recorded resolved in args.json)."""
+    if opt.evaluation_metrics is None:
+        opt.evaluation_metrics = metrics_for(datasets.recall_at(opt.dataset))
+    return opt
 
 
 # ---- --resume / --evaluate_only --------------------------------------------------------------------
@@ -354,6 +362,8 @@ def parse_run(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[s
     run folder is free (not locked by another process) and that the results can be written."""
     parser = build_parser()
     opt = parser.parse_args(argv)
+    if not (opt.resume or opt.evaluate_only):  # those take the stored run's list
+        opt = with_presets(opt)
     if opt.resume and opt.evaluate_only:
         raise ConfigError("--resume and --evaluate_only exclude each other")
     if opt.resume:

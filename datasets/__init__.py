@@ -37,6 +37,11 @@ class InputSize(Protocol):
 
 
 def select(name: str, opt: argparse.Namespace, input_config: InputSize) -> dict[str, SplitDataset]:
+def recall_at(name: str) -> tuple[int, ...]:
+    """The Recall@k ranks reported for dataset ``name`` (its plugin's ``recall_at``)."""
+    return tuple(REGISTRY.get(name).recall_at)
+
+
     """The splits (training, evaluation, testing, optional validation) of dataset ``name``.
 
     ``input_config``: the backbone's crop size and evaluation resize."""

@@ -305,6 +305,7 @@ class ImageDataset:
 
     name = ""
     layouts: dict[str, str] = {}
+    recall_at: tuple[int, ...] = (1, 2, 4, 8)  # the Recall@k ranks its papers report (the default metrics)
 
     def __init__(self, *, source_path: str, split: SplitOptions, images: ImageOptions) -> None:
         self.source_path = Path(source_path).expanduser()

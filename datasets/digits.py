@@ -26,6 +26,7 @@ class Digits:
     """sklearn handwritten digits: train 0-4, test the unseen 5-9."""
 
     name = "digits"
+    recall_at = (1, 2, 4, 8)
 
     def __init__(self, *, split: SplitOptions) -> None:
         self.split = split

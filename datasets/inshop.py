@@ -31,6 +31,7 @@ class InShop(ImageDataset):
     """DeepFashion In-Shop: train items; test = query + gallery (study or official layout)."""
 
     name = "inshop"
+    recall_at = (1, 10, 20, 30, 40)
     layouts = {
         "study": f"<root>/Eval/{PARTITION} and <root>/img/",
         "official": f"<root>[/Anno]/{PARTITION} and <root>/img/",

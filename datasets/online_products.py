@@ -28,6 +28,7 @@ class OnlineProducts(ImageDataset):
     """Stanford Online Products: Ebay_train.txt / Ebay_test.txt (study or official layout)."""
 
     name = "online_products"
+    recall_at = (1, 10, 100, 1000)
     layouts = {
         "study": "<root>/Info_Files/Ebay_train.txt + Ebay_test.txt and <root>/images/<super>_final/*.JPG",
         "official": "<root>[/Stanford_Online_Products]/Ebay_train.txt + Ebay_test.txt and <super>_final/*.JPG",

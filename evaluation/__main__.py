@@ -17,9 +17,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import datasets
 import metrics
-from evaluation.options import add_evaluation_args, add_setup_args, search_options
-from utilities.cli import ShortUsageParser, run_entry_point, setup_logging
+from evaluation.options import (
+    STUDY_RECALL_AT,
+    add_evaluation_args,
+    add_setup_args,
+    metrics_for,
+    search_options,
+)
+from utilities.cli import HelpFormatter, ShortUsageParser, run_entry_point, setup_logging
 from utilities.errors import ConfigError
 from utilities.seeding import resolve_device
 
@@ -30,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = ShortUsageParser(
         prog="python -m evaluation",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--embeddings", required=True, help=".npz with arrays embeddings (N, D), labels (N,)")
     add_evaluation_args(p.add_argument_group("evaluation"))
@@ -65,13 +72,18 @@ def load(path: Path) -> dict[str, np.ndarray]:
 def main(argv: list[str] | None = None) -> dict:
     setup_logging()
     opt = build_parser().parse_args(argv)
+    path = Path(opt.embeddings)
+    data = load(path)
+    if opt.evaluation_metrics is None:  # the Recall@k ranks of the dataset the file names, if any
+        name = str(data["dataset"]) if "dataset" in data else ""
+        opt.evaluation_metrics = metrics_for(
+            datasets.recall_at(name) if name in datasets.REGISTRY else STUDY_RECALL_AT
+        )
     device = resolve_device(opt.device, opt.gpu)
-    try:  # a metric the faiss search cannot serve is refused before the file is even read
+    try:  # a metric the faiss search cannot serve is refused before any metric is computed
         metrics.check_faiss_request(opt.evaluation_metrics, opt.eval_backend, opt.eval_index)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    path = Path(opt.embeddings)
-    data = load(path)
     masks = {k: torch.from_numpy(data[k]) if k in data else None for k in ("is_query", "is_gallery")}
     timings: dict[str, float] = {}
     try:

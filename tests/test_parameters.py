@@ -182,3 +182,34 @@ def test_every_flag_explains_itself_and_shows_its_default_once():
         text = parser.format_help()
         assert all(line.count("(default:") <= 1 for line in text.splitlines()), text
         assert "/../" not in text and "\\..\\" not in text
+
+
+@pytest.mark.parametrize(
+    "dataset, ks",
+    [
+        ("cub200", [1, 2, 4, 8]),
+        ("cars196", [1, 2, 4, 8]),
+        ("online_products", [1, 10, 100, 1000]),
+        ("inshop", [1, 10, 20, 30, 40]),
+        ("digits", [1, 2, 4, 8]),
+        ("folder", [1, 2, 4, 8]),
+    ],
+)
+def test_the_default_metrics_follow_the_datasets_recall_ranks(dataset, ks):
+    """SOP papers report R@1/10/100/1000, In-Shop R@1/10/20/30/40: a run of that dataset computes
+    those by default, with the rest of the study's list unchanged."""
+    from evaluation.options import DEFAULT_METRICS
+
+    got = parameters.parse(["--dataset", dataset]).evaluation_metrics
+    recalls = [int(m.split("@")[1]) for m in got if m.startswith("e_recall@")]
+    assert recalls == ks
+    assert [m for m in got if not m.startswith("e_recall@")] == [
+        m for m in DEFAULT_METRICS if not m.startswith("e_recall@")
+    ]
+    explicit = parameters.parse(["--dataset", dataset, "--evaluation_metrics", "e_recall@3", "nmi"])
+    assert explicit.evaluation_metrics == ["e_recall@3", "nmi"]
+
+
+def test_the_resolved_metric_list_is_what_parse_run_returns(tmp_path):
+    opt, state = parameters.parse_run(["--dataset", "online_products", "--save_path", str(tmp_path)])
+    assert state is None and opt.evaluation_metrics[:4] == [f"e_recall@{k}" for k in (1, 10, 100, 1000)]

@@ -72,6 +72,15 @@ def run_entry_point(main: Callable[[], Any]) -> None:
         sys.exit(130)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, except ``None`` (a flag whose help says what its absence means)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 class ShortUsageParser(argparse.ArgumentParser):
     """An argparse parser whose errors are two short lines (a pointer to ``--help`` and the error)
     instead of the usage block of every flag."""

@@ -225,3 +225,16 @@ def test_bad_backend_or_selection_metric_is_a_config_error_before_training():
     for exact_only in ("mAP", "mrr"):
         with pytest.raises(ConfigError, match=f"{exact_only} needs the exact ranking pass"):
             evaluation.check_options(opt("faiss", computed=("e_recall@1", exact_only)), torch.device("cpu"))
+
+
+def test_cli_default_metrics_follow_the_dataset_the_file_names(tmp_path):
+    """Without --evaluation_metrics, a file that names its dataset gets that dataset's Recall@k
+    ranks; a file that names none (or an unknown one) the study's R@1, 2, 4."""
+    x, y = clustered(seed=4)
+    cases = {"inshop": [1, 10, 20, 30, 40], "someone_elses": [1, 2, 4], None: [1, 2, 4]}
+    for name, ks in cases.items():
+        extra = {} if name is None else {"dataset": np.array(name)}
+        path = evaluation.save_embeddings(tmp_path / f"{name}.npz", x, y, **extra)
+        got = eval_main(["--embeddings", str(path)])
+        assert [int(k.split("@")[1]) for k in got if k.startswith("e_recall@")] == ks
+        assert "mAP@R" in got and "nmi" in got
