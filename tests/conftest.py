@@ -19,7 +19,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+_no_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def requires_cuda(test):
+    """Mark ``test`` as a CUDA test (``pytest -m cuda`` selects them all) that is skipped without one."""
+    return pytest.mark.cuda(_no_cuda(test))
 
 
 @pytest.fixture(autouse=True)
