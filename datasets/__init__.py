@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Protocol
 
-from datasets import cars196, csv_dataset, cub200, digits, folder, inshop, online_products
+from datasets import cars196, csv_dataset, cub200, digits, folder, inaturalist, inshop, online_products
 from datasets.base import ImageOptions, SplitDataset, SplitOptions, split_summary
 from utilities.registry import Registry
 
@@ -23,6 +23,7 @@ for _cls in (
     cars196.Cars196,
     online_products.OnlineProducts,
     inshop.InShop,
+    inaturalist.INaturalist,
     folder.Folder,
     csv_dataset.CSVDataset,
 ):
@@ -36,12 +37,12 @@ class InputSize(Protocol):
     resize: int
 
 
-def select(name: str, opt: argparse.Namespace, input_config: InputSize) -> dict[str, SplitDataset]:
 def recall_at(name: str) -> tuple[int, ...]:
     """The Recall@k ranks reported for dataset ``name`` (its plugin's ``recall_at``)."""
     return tuple(REGISTRY.get(name).recall_at)
 
 
+def select(name: str, opt: argparse.Namespace, input_config: InputSize) -> dict[str, SplitDataset]:
     """The splits (training, evaluation, testing, optional validation) of dataset ``name``.
 
     ``input_config``: the backbone's crop size and evaluation resize."""
@@ -51,6 +52,9 @@ def recall_at(name: str) -> tuple[int, ...]:
         tv_split_by_samples=opt.tv_split_by_samples,
         samples_per_class=opt.samples_per_class,
         seed=opt.seed,
+        cv_folds=opt.cv_folds,
+        cv_fold=opt.cv_fold,
+        cv_scheme=opt.cv_scheme,
     )
     images = ImageOptions(
         augmentation=opt.augmentation,

@@ -385,3 +385,56 @@ def make_csv(root: Path, query_gallery: bool = True, name: str = "dataset.csv") 
         "test_images": 9,
         "queries": 3 if query_gallery else None,
     }
+
+
+# ---- iNaturalist 2018 (Smooth-AP's DML split) -------------------------------------------------------
+
+# (supercategory, category id, images) as iNat 2018 lays them out: train_val2018/<super>/<id>/<hash>.jpg.
+# Train and test categories interleave in id order and share supercategories (as in the real
+# split); Insecta has one training class only, Fungi only test classes.
+INAT_TRAIN = [
+    ("Plantae", 7477, 3),
+    ("Plantae", 7390, 2),
+    ("Plantae", 6500, 3),
+    ("Aves", 2761, 3),
+    ("Aves", 3001, 2),
+    ("Insecta", 1012, 2),
+]
+INAT_TEST = [("Plantae", 7100, 2), ("Aves", 2900, 3), ("Fungi", 5000, 2)]
+
+
+def make_inaturalist(root: Path, layout: str = "official") -> dict:
+    """``inaturalist/train_val2018/<super>/<id>/<32 hex>.jpg`` and the two Smooth-AP split files,
+    in ``inaturalist/Inat_dataset_splits/`` (``official``) or at ``inaturalist/`` (``flat``): one
+    relative path per line, the classes' lines interleaved (the files are not sorted by class)."""
+    base = root / "inaturalist"
+    lines: dict[str, list[str]] = {}
+    class_of: dict[str, int] = {}
+    super_of: dict[str, str] = {}
+    for split, classes in (("train", INAT_TRAIN), ("test", INAT_TEST)):
+        rows = []
+        for sup, cid, n in classes:
+            for k in range(n):
+                name = f"{pow(cid * 1000 + k + 2, 65537, 2**128 - 159):032x}.jpg"  # 32 hex, like md5
+                rel = f"train_val2018/{sup}/{cid}/{name}"
+                write_jpeg(base / rel, cid * 10 + k)
+                rows.append((k, rel))
+                class_of[str(base / rel)] = cid
+                super_of[str(base / rel)] = sup
+        lines[split] = [rel for _, rel in sorted(rows, key=lambda r: r[0])]  # k-th image of each class
+    folder = base / "Inat_dataset_splits" if layout == "official" else base
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, rows in lines.items():
+        (folder / f"Inaturalist_{split}_set1.txt").write_text("\n".join(rows) + "\n")
+    return {
+        "train_classes": 6,
+        "test_classes": 3,
+        "train_images": 15,  # 3 + 2 + 3 + 3 + 2 + 2
+        "test_images": 7,  # 2 + 3 + 2
+        "train_ids": {7477, 7390, 6500, 2761, 3001, 1012},
+        "test_ids": {7100, 2900, 5000},
+        "class_of": class_of,
+        "super_of": super_of,
+        "split_folder": folder,
+        "base": base,
+    }
