@@ -41,17 +41,45 @@ Aggregation over seeds: mean and **sample standard deviation (ddof = 1)**; the s
 is undefined and shown as "n=1".
 
 Outputs (in ``--out``): ``results.csv`` (one row per dataset × group × protocol: seed count, kept
-seeds, dropped duplicate runs and mean/std of every metric), ``results.md`` (Markdown tables),
-``table_<dataset>.tex`` and ``table_<dataset>_max_over_epochs.tex`` (the study's per-dataset
-table: R@1, R@2, F1, mAP@R, NMI × 100, selected epoch, seeds), ``table_shared.tex`` (R@1 and NMI on
-CUB200, CARS196 and SOP side by side, baselines first, then the ρ-regularised ``R-`` variants; not
-written when none of the three datasets has runs) and the figures as PNG and PDF:
+seeds, dropped duplicate runs, loss and method family, and mean/std of every metric),
+``results.md`` (Markdown tables), ``table_<dataset>.tex`` and ``table_<dataset>_max_over_epochs.tex``
+(the study's per-dataset table: the test Recall@k of that dataset, F1, MAP@R, NMI × 100, selected
+epoch, seeds), ``table_shared.tex`` (R@1 and NMI on CUB200, CARS196 and SOP side by side,
+baselines first, then the ρ-regularised ``R-`` variants; not written when none of the three
+datasets has runs) and the figures as PNG and PDF.
 
-* ``metric_correlation_matrix``: Pearson correlations of the test metrics across methods, per dataset;
+Columns. A dataset's Recall@k columns are the ranks every run of that dataset recorded, in k
+order (main.py records the ranks each dataset's papers report: CUB200/CARS196 1, 2, 4, 8; SOP 1, 10,
+100, 1000; In-Shop 1, 10, 20, 30, 40; a run that recorded other ranks, e.g. R@1, 2, 4 of an older
+run, narrows them to the common ones), then F1, MAP@R and NMI, the same under both protocols. The
+shared table keeps the study's R@1 and NMI per dataset block: R@1 is the rank every dataset reports,
+and a page-wide table of mean ± std cells holds no more (the full ranks are in each dataset's
+table). ``--columns R@1 R@10 MAP@R`` sets the metric columns of every table, the shared table's
+blocks included (human names or metric keys, optionally ``split/NAME``; a dataset without a column
+shows "-"). ``--cost`` adds the run cost from summary.json's ``compute`` dict (training and
+evaluation images/s, wall time in hours, peak GPU and host memory in GB; mean over seeds; "–"
+where the runs did not record it, e.g. no GPU or an older run) to results.csv and results.md, and
+writes ``table_<dataset>_cost.tex`` (Method, R@1, Seeds and the cost: the metric table with five
+more columns would not fit a page). Tables of more than 8 columns (three or more Recall@k) are set in
+``\\footnotesize`` with narrower gaps.
+
+Figures. Every method has one style in all of them: the colour of its family (Okabe & Ito's
+colour-blind-safe palette: pair-based blue, multi-pair orange, ranking-based reddish purple,
+proxy-based bluish green, classification-based vermillion, unknown grey; the family comes from the
+run's ``--loss``, :data:`LOSS_FAMILY`), its own marker shape (shared with its R- variant) and, for
+bars, the family's hatch, so they also read in greyscale; baselines are filled, ρ-regularised R-
+variants hollow. Error bars are the interval the tables report (mean ± sample std over seeds; none
+with one seed). Axes name the metric, split and unit.
+
+* ``metric_correlation_matrix``: Pearson r between the test metrics (R@k of the dataset, F1, MAP@R,
+  NMI) across the baseline methods, per dataset; diverging map centred at 0 (−1 … 1), colour bar,
+  each value printed in black or white by the cell's lightness;
 * ``comp_metric_relation``: test R@1 against π_intra, π_inter, π_ratio and ρ(Φ) (training-class
-  embeddings at the selected epoch), least-squares line and Pearson r, per dataset;
-* ``Detailed_Rel_Recall_Rho_<DATASET>``: R@1 against ρ(Φ), baselines vs ρ-regularised;
-* ``FirstPage``: bar chart of R@1 with std error bars (baselines and R- variants).
+  embeddings at the selected epoch), per dataset: the baselines with both error bars, the
+  least-squares line, Pearson r in each panel's title, one legend below;
+* ``Detailed_Rel_Recall_Rho_<DATASET>``: R@1 against ρ(Φ), every method named at its marker (names
+  placed where they cover no marker or other name), an arrow from each baseline to its R- variant;
+* ``FirstPage``: horizontal bars of the first dataset's R@1, sorted, from 0, with the value printed.
 
 Every ``.tex`` is a ``table*`` float to ``\\input`` into a document whose preamble has
 ``\\usepackage{booktabs}`` (the first line says so): booktabs rules, the best mean of each
@@ -60,12 +88,12 @@ embedding-space statistics π and ρ have no "better" direction and are never bo
 stating the protocol (selection split, with the test split flagged †; the number of seeds; mean ±
 sample std; × 100; the markers), method names with LaTeX's special characters escaped, pure ASCII.
 
-Colours are deterministic (a method's colour is a hash of its name). Deviations from the study's
-script: local runs first and W&B optional (the study needed the network and a hard-coded project);
+Deviations from the study's script: local runs first and W&B optional (the study needed the network and a hard-coded project);
 no import-time work; robust grouping; ddof = 1; metrics at the selected epoch by default; every
 run counts (the study silently dropped runs with ≤ 40 logged epochs; here only unfinished runs,
 without ``summary.json``, and duplicate seeds are left out, and the seed count is in every table);
-no ``adjustText``.
+no ``adjustText``; a fixed family palette with markers, legends and units instead of per-figure
+colours; the bar axis starts at 0 (the study's started at 87.5); columns follow each dataset's ranks.
 """
 
 from __future__ import annotations
@@ -78,7 +106,6 @@ import math
 import re
 import sys
 import unicodedata
-import zlib
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -89,18 +116,44 @@ import numpy as np
 
 SELECTED = "selected"
 MAX_OVER_EPOCHS = "max over epochs (test)"
-DATASET_ORDER = ["cub200", "cars196", "online_products", "in-shop", "digits"]
-DATASET_NAMES = {"cub200": "CUB200-2011", "cars196": "CARS196", "online_products": "SOP", "in-shop": "In-Shop",
-                 "digits": "Digits"}  # fmt: skip
-# The study's table columns: (header, split, metric, scale).
+DATASET_ORDER = ["cub200", "cars196", "online_products", "inshop", "in-shop", "inaturalist", "digits"]
+DATASET_NAMES = {"cub200": "CUB200-2011", "cars196": "CARS196", "online_products": "SOP", "inshop": "In-Shop",
+                 "in-shop": "In-Shop", "inaturalist": "iNaturalist", "digits": "Digits"}  # fmt: skip
+# After the Recall@k columns of a dataset (the ranks its runs recorded), every per-dataset table has
+# these: (header, split, metric, scale).
 TABLE_COLUMNS = [
-    ("R@1", "testing", "e_recall@1", 100), ("R@2", "testing", "e_recall@2", 100), ("F1", "testing", "f1", 100),
-    ("mAP@R", "testing", "mAP@R", 100), ("NMI", "testing", "nmi", 100),
+    ("F1", "testing", "f1", 100),
+    ("MAP@R", "testing", "mAP@R", 100),
+    ("NMI", "testing", "nmi", 100),
+]
+# The blocks of the shared table (one per dataset) without --columns: R@1, the rank every dataset
+# reports, and NMI, as in the study; a page-wide table of mean ± std cells holds no more than that.
+SHARED_COLUMNS = ["R@1", "NMI"]
+# --cost: the ``compute`` dict of summary.json -> (header, key, divisor, decimals); mean over seeds.
+COST_COLUMNS = [
+    ("Train img/s", "train_images_per_s", 1, 0), ("Eval img/s", "eval_images_per_s", 1, 0),
+    ("Wall (h)", "wall_time_s", 3600, 2), ("GPU mem (GB)", "peak_gpu_mem_mb", 1024, 1),
+    ("Host mem (GB)", "peak_host_mem_mb", 1024, 1),
 ]  # fmt: skip
-CORRELATION_METRICS = ["e_recall@1", "e_recall@2", "e_recall@4", "nmi", "f1", "mAP@R"]
+MISSING_COST = "–"  # a run without the compute dict (LaTeX: --)
+CORRELATION_METRICS = ["f1", "mAP@R", "nmi"]  # after the dataset's Recall@k
 # Embedding-space metrics of the study's figures, on the training classes ("evaluation" split).
 RELATION_METRICS = [("π_intra", "dists@intra"), ("π_inter", "dists@inter"),
                     ("π_ratio", "dists@intra_over_inter"), ("ρ(Φ)", "rho_spectrum@2")]  # fmt: skip
+# Axis labels of those, with what they measure and their unit.
+RELATION_AXIS = {
+    "dists@intra": "π_intra: mean intra-class distance (cosine distance)",
+    "dists@inter": "π_inter: mean distance of class centres (cosine distance)",
+    "dists@intra_over_inter": "π_ratio = π_intra / π_inter (ratio)",
+    "rho_spectrum@2": "ρ(Φ): spectral decay, KL(u ‖ ŝ) (nats)",
+}  # fmt: skip
+# Human names of metric keys (tables, figures, --columns); e_recall@k -> R@k etc. in metric_label.
+METRIC_LABELS = {
+    "mAP@R": "MAP@R", "nmi": "NMI", "f1": "F1", "ami": "AMI", "mAP": "mAP", "mAP_c": "mAP (classes)",
+    "mAP_1000": "mAP@1000", "mAP_lim": "mAP (limited)", "mrr": "MRR", "r_precision": "R-Precision",
+    "c_nmi": "NMI (cosine)", "c_f1": "F1 (cosine)", "dists@intra": "π_intra", "dists@inter": "π_inter",
+    "dists@intra_over_inter": "π_ratio", "rho_spectrum@2": "ρ(Φ)",
+}  # fmt: skip
 PRETTY = {
     "Margin_b06_Distance": "Margin (D, β=0.6)", "Margin_b12_Distance": "Margin (D, β=1.2)",
     "Triplet_Random": "Triplet (R)", "Triplet_Semihard": "Triplet (S)", "Triplet_Softhard": "Triplet (H)",
@@ -109,6 +162,25 @@ PRETTY = {
     "Histogram": "Histogram", "Contrastive": "Contrastive", "SoftTriple": "SoftTriple",
     "Angular": "Angular", "ArcFace": "ArcFace", "Softmax": "Softmax",
 }  # fmt: skip
+# Method families: one colour (Okabe & Ito's colour-blind-safe palette) and one bar hatch each, the
+# same in every figure; the family comes from the run's --loss (criteria/), else from the group name.
+LOSS_FAMILY = {
+    **dict.fromkeys(("contrastive", "triplet", "margin", "quadruplet", "snr"), "pair-based"),
+    **dict.fromkeys(("lifted", "npair", "angular", "multisimilarity", "circle", "supcon"), "multi-pair"),
+    **dict.fromkeys(("fastap", "histogram"), "ranking-based"),
+    **dict.fromkeys(("proxynca", "proxyanchor", "softtriplet"), "proxy-based"),
+    **dict.fromkeys(("softmax", "arcface", "cosface", "sphereface", "adacos", "adaface", "curricularface",
+                     "elasticface", "subcenter_arcface"), "classification-based"),
+}  # fmt: skip
+_LOSS_ALIASES = {"ms": "multisimilarity", "genlifted": "lifted", "softtriple": "softtriplet", "n": "npair"}
+FAMILY_COLOURS = {
+    "pair-based": "#0072B2", "multi-pair": "#E69F00", "ranking-based": "#CC79A7", "proxy-based": "#009E73",
+    "classification-based": "#D55E00", "other": "#999999",
+}  # fmt: skip
+FAMILY_HATCHES = {"pair-based": "", "multi-pair": "//", "ranking-based": "..", "proxy-based": "xx",
+                  "classification-based": "\\\\", "other": "--"}  # fmt: skip
+# one marker shape per method (a method and its R- variant share it; the variant is hollow)
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "p", "h", "d", "H", "8")
 _PREFIX = re.compile(r"^(CUB|CARS?|SOP|DIG|INSHOP)(reg)?_", re.IGNORECASE)
 # Flags that make two runs different setups, not two seeds of one: a group whose runs differ in one
 # of them is refused (or, with --allow_mixed, split into one row per setting).
@@ -141,6 +213,7 @@ class Run:
     name: str = ""
     flags: dict[str, Any] = field(default_factory=dict)  # the PROTOCOL_FLAGS the run recorded
     finished: float = 0.0  # when it finished (summary.json mtime / W&B _timestamp): the newest duplicate wins
+    compute: dict[str, Any] = field(default_factory=dict)  # summary.json "compute": throughput, memory, time
 
 
 @dataclass
@@ -181,6 +254,7 @@ def load_local_runs(root: str | Path) -> list[Run]:
             selected_epoch=summary.get("selected_epoch"), selection_split=summary.get("selection_split"),
             selected={s: m for s, m in (summary.get("metrics") or {}).items() if m}, epochs=dict(epochs),
             name=folder.name, flags={k: args[k] for k in PROTOCOL_FLAGS if k in args}, finished=finished,
+            compute=summary.get("compute") if isinstance(summary.get("compute"), dict) else {},
         ))  # fmt: skip
     return runs
 
@@ -207,10 +281,13 @@ def load_wandb_runs(project: str, api: Any = None, keep: Any = None) -> list[Run
         if keep is not None and not keep(config["dataset"], group, wb_run.name):
             continue
         selected: dict[str, dict[str, Any]] = defaultdict(dict)
+        compute: dict[str, Any] = {}
         for key, value in summary.items():
             parts = key.split("/")
             if len(parts) == 3 and parts[0] == "metrics":
                 selected[parts[1]][parts[2]] = value
+            elif len(parts) == 2 and parts[0] == "compute":  # the logger flattens summary.json's dicts
+                compute[parts[1]] = value
         epochs: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
         for row in wb_run.scan_history():
             for key, value in row.items():
@@ -223,6 +300,7 @@ def load_wandb_runs(project: str, api: Any = None, keep: Any = None) -> list[Run
             selected=dict(selected), epochs={s: [r[e] for e in sorted(r)] for s, r in epochs.items()},
             name=wb_run.name, flags={k: config[k] for k in PROTOCOL_FLAGS if k in config},
             finished=float(summary["_timestamp"]) if _is_number(summary.get("_timestamp")) else 0.0,
+            compute=compute,
         ))  # fmt: skip
     return runs
 
@@ -259,6 +337,27 @@ def method_name(group: str) -> tuple[str, bool]:
     return (f"R-{pretty}" if regularised else pretty), regularised
 
 
+def method_family(loss: str | None, group: str = "") -> str:
+    """The family of a method (:data:`LOSS_FAMILY`): from its ``--loss``, else from the first word
+    of its group name after the dataset prefix (``CUB_MS`` -> multi-pair); "other" if unknown."""
+    if loss and loss.lower() in LOSS_FAMILY:
+        return LOSS_FAMILY[loss.lower()]
+    m = _PREFIX.match(group)
+    word = re.split(r"[_\W]", group[m.end() :] if m else group)[0].lower()
+    return LOSS_FAMILY.get(_LOSS_ALIASES.get(word, word), "other")
+
+
+def metric_label(metric: str) -> str:
+    """The human name of a metric key (``[split/]metric``): ``e_recall@1`` -> R@1, ``mAP@R`` ->
+    MAP@R, ``nmi`` -> NMI, ``rho_spectrum@2`` -> ρ(Φ); an unknown name is returned unchanged."""
+    metric = metric.split("/", 1)[-1]
+    if metric in METRIC_LABELS:
+        return METRIC_LABELS[metric]
+    family, _, param = metric.partition("@")
+    named = {"e_recall": "R@{}", "c_recall": "R@{} (cosine)", "precision": "P@{}", "rho_spectrum": "ρ@{}"}
+    return named[family].format(param) if family in named and param else metric
+
+
 def per_run_values(run: Run, protocol: str) -> dict[str, float]:
     """``{"<split>/<metric>": value}`` of one run under ``protocol``, plus ``epoch``."""
     out: dict[str, float] = {}
@@ -276,6 +375,8 @@ def per_run_values(run: Run, protocol: str) -> dict[str, float]:
         recall = [(r.get("e_recall@1"), r["epoch"]) for r in rows if _is_number(r.get("e_recall@1"))]
         if recall:
             out["epoch"] = float(max(recall, key=lambda t: t[0])[1])  # first epoch of the maximum
+    # the run's cost does not depend on the protocol
+    out.update({f"compute/{k}": float(v) for k, v in run.compute.items() if _is_number(v)})
     return out
 
 
@@ -387,9 +488,11 @@ def aggregate(
         if g.setting:
             method = f"{method} [{g.setting}]"
         split_names = sorted({r.selection_split for r in members if r.selection_split})
+        loss = "/".join(sorted({str(r.flags["loss"]) for r in members if r.flags.get("loss")}))
         row: dict[str, Any] = {
             "dataset": g.dataset, "group": g.group, "setting": g.setting, "method": method,
-            "regularised": regularised, "protocol": protocol, "n_seeds": len(members),
+            "regularised": regularised, "loss": loss, "family": method_family(loss, g.group),
+            "protocol": protocol, "n_seeds": len(members),
             "seeds": " ".join(str(r.seed) for r in members),
             "dropped_duplicates": " ".join(sorted((r.name for r in g.dropped), key=_natural)),
             "selection_split": "/".join(split_names) if protocol == SELECTED else "testing (max per metric)",
@@ -411,6 +514,80 @@ def _dataset_rank(dataset: str) -> tuple[int, str]:
 
 
 # ---- tables ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    """One table column: ``key`` is a row key without ``|mean`` (``testing/e_recall@10``,
+    ``compute/wall_time_s``), shown × ``scale``. A cost column shows the mean over seeds only, is
+    never bold and shows "–" where no run recorded it."""
+
+    header: str
+    key: str
+    scale: float = 100
+    cost: bool = False
+    digits: int = 2
+
+
+_RECALL_KEY = re.compile(r"testing/e_recall@(\d+)\|mean")
+
+
+def recall_ranks(rows: list[dict[str, Any]]) -> list[int]:
+    """The k of the test Recall@k that every run of ``rows`` (one dataset) recorded, in k order
+    (each dataset's runs record the ranks its papers report: SOP 1, 10, 100, 1000; In-Shop 1, 10, 20,
+    30, 40; ...); when they share none, every k any run recorded."""
+    found = [{int(m.group(1)) for k in r if (m := _RECALL_KEY.fullmatch(k))} for r in rows]
+    every = [{k for k in ks if r.get(f"testing/e_recall@{k}|n", r["n_seeds"]) == r["n_seeds"]}
+             for r, ks in zip(rows, found, strict=True)]  # fmt: skip
+    common = set.intersection(*every) if every else set()
+    return sorted(common or set().union(*found))
+
+
+def parse_column(name: str) -> Column:
+    """A ``--columns`` item: a human name (``R@10``, ``MAP@R``, ``NMI``, ``F1``, ``P@1``, ``ρ(Φ)``) or
+    a metric key of ``metrics/`` (``e_recall@10``, ``mAP@R``, ``nmi``), optionally after a split
+    (``validation/R@1``; default: the test split). Raises ValueError for anything else."""
+    split, _, metric = name.strip().rpartition("/")
+    split = split or "testing"
+    human = {label.lower(): key for key, label in METRIC_LABELS.items()}
+    if m := re.fullmatch(r"R@(\d+)", metric, re.IGNORECASE):
+        metric = f"e_recall@{m.group(1)}"
+    elif m := re.fullmatch(r"P@(\d+)", metric, re.IGNORECASE):
+        metric = f"precision@{m.group(1)}"
+    elif metric.lower() in human:
+        metric = human[metric.lower()]
+    elif metric.lower() in ("rho", "ρ"):
+        metric = "rho_spectrum@2"
+    elif not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*(@-?[A-Za-z0-9]+)?", metric) or not re.fullmatch(
+        r"\w+", split
+    ):
+        raise ValueError(
+            f"unknown column {name!r} (e.g. R@1, R@10, F1, MAP@R, NMI, e_recall@100, validation/R@1)"
+        )
+    label = metric_label(metric)
+    return Column(label if split == "testing" else f"{label} ({split})", f"{split}/{metric}",
+                  100 if higher_is_better(metric) else 1)  # fmt: skip
+
+
+def cost_columns() -> list[Column]:
+    """The ``--cost`` columns (:data:`COST_COLUMNS`)."""
+    return [Column(h, f"compute/{k}", 1 / div, cost=True, digits=d) for h, k, div, d in COST_COLUMNS]
+
+
+def table_columns(
+    rows: list[dict[str, Any]], dataset: str, names: list[str] | None = None, cost: bool = False
+) -> list[Column]:
+    """The columns of ``dataset``'s table: ``names`` (``--columns``) when given, else the test
+    Recall@k its runs recorded (:func:`recall_ranks`; at the selected epoch) then F1, MAP@R, NMI;
+    the :func:`cost_columns` after them with ``cost``."""
+    if names:
+        columns = [parse_column(n) for n in names]
+    else:
+        mine = [r for r in rows if r["dataset"] == dataset]
+        ranks = recall_ranks([r for r in mine if r["protocol"] == SELECTED] or mine)
+        columns = [Column(f"R@{k}", f"testing/e_recall@{k}") for k in ranks]
+        columns += [Column(h, f"{split}/{metric}", scale) for h, split, metric, scale in TABLE_COLUMNS]
+    return columns + (cost_columns() if cost else [])
 
 
 def higher_is_better(metric: str) -> bool:
@@ -483,50 +660,117 @@ def _sup(marks: list[str]) -> str:
     return f"$^{marks[0]}$" if len(marks) == 1 else "$^{" + "".join(marks) + "}$"
 
 
-def latex_single_table(rows: list[dict[str, Any]], dataset: str) -> str:
-    """The study's per-dataset table (§10): Method & R@1 & R@2 & F1 & mAP@R & NMI & Epoch & Seeds,
-    baselines then R- variants; "" when ``rows`` has nothing for ``dataset``."""
+def column_cell(
+    row: dict[str, Any] | None, column: Column, latex: bool = True, best: dict[str, float] | None = None,
+    mark: str = "",
+) -> str:  # fmt: skip
+    """The cell of ``column``: :func:`cell` for a metric; the mean for a cost column ("–" / ``--``
+    without a value)."""
+    if not column.cost:
+        return cell(row, column.key, column.scale, latex, best, mark)
+    mean = row.get(f"{column.key}|mean") if row else None
+    if mean is None:
+        return "--" if latex else MISSING_COST
+    return f"{mean * column.scale:.{column.digits}f}"
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _on_split(columns: list[Column]) -> str:
+    """What the metric columns are, in words: "R@1, R@2 and NMI on the test split"."""
+    text = _and([c.header for c in columns])
+    return text + " on the test split" if all(c.key.startswith("testing/") for c in columns) else text
+
+
+def _cost_note(columns: list[Column]) -> str:
+    if not any(c.cost for c in columns):
+        return ""
+    return ("Cost per run, mean over seeds: training and evaluation throughput (images/s), wall time (hours), "
+            "peak GPU and host memory (GB); -- where the runs did not record it (no GPU, or an older run).")  # fmt: skip
+
+
+def latex_single_table(rows: list[dict[str, Any]], dataset: str, columns: list[Column] | None = None) -> str:
+    """The study's per-dataset table (§10): Method & the dataset's Recall@k & F1 & MAP@R & NMI &
+    Epoch & Seeds (``columns``: :func:`table_columns`, derived from ``rows`` when None; cost columns
+    go to :func:`latex_cost_table`), baselines then R- variants; "" when ``rows`` has nothing for
+    ``dataset``."""
     rows = [r for r in rows if r["dataset"] == dataset]
     if not rows:
         return ""
-    keys = [(f"{split}/{metric}", scale) for _, split, metric, scale in TABLE_COLUMNS]
-    best = best_values(rows, keys)
+    columns = table_columns(rows, dataset) if columns is None else columns
+    metric_columns = [c for c in columns if not c.cost]
+    best = best_values(rows, [(c.key, c.scale) for c in metric_columns])
     body: list[list[str] | str] = []
     previous = False
     for row in rows:
         if row["regularised"] and body and not previous:
             body.append("\\midrule")  # baselines above, rho-regularised variants below
         previous = row["regularised"]
-        cells = [cell(row, key, scale, best=best) for key, scale in keys]
-        body.append([latex_escape(row["method"]) + _sup(_marks(row)), *cells, cell(row, "epoch", 1),
+        body.append([latex_escape(row["method"]) + _sup(_marks(row)),
+                     *[column_cell(row, c, best=best) for c in metric_columns], cell(row, "epoch", 1),
                      str(row["n_seeds"])])  # fmt: skip
     protocol = rows[0]["protocol"]
     name = DATASET_NAMES.get(dataset, dataset)
-    what = f"{latex_escape(name)}: " + ", ".join(h for h, *_ in TABLE_COLUMNS[:-1])
-    what += f" and {TABLE_COLUMNS[-1][0]} on the test split"
+    what = f"{latex_escape(name)}: " + latex_escape(_on_split(metric_columns))
     epoch = "the selected epoch" if protocol == SELECTED else "the epoch of the R@1 maximum"
-    caption = _caption(rows, what, protocol, bold=bool(best), extra=f"Epoch: {epoch} (mean over seeds).")
-    header = "Method & " + " & ".join(h for h, *_ in TABLE_COLUMNS) + " & Epoch & Seeds \\\\"
+    extra = f"Epoch: {epoch} (mean over seeds)."
+    caption = _caption(rows, what, protocol, bold=bool(best), extra=extra, columns=metric_columns)
+    header = (
+        "Method & " + " & ".join(latex_escape(c.header) for c in metric_columns) + " & Epoch & Seeds \\\\"
+    )
     label = f"tab:{dataset}" + ("" if protocol == SELECTED else "-max-over-epochs")
-    return _latex_table(caption, label, 2 + len(TABLE_COLUMNS) + 1, [header, "\\midrule"], body)
+    return _latex_table(caption, label, 3 + len(metric_columns), [header, "\\midrule"], body)
 
 
-def latex_shared_table(rows: list[dict[str, Any]], datasets: list[str] | None = None) -> str:
-    """R@1 and NMI per dataset (CUB200, CARS196, SOP: those with runs), one row per method:
-    baselines first, then the R- variants; "" when none of the datasets has runs."""
+def latex_cost_table(rows: list[dict[str, Any]], dataset: str) -> str:
+    """``--cost``: Method & R@1 & Seeds & the :func:`cost_columns` of ``dataset``'s runs (the
+    ``selected`` rows; "--" where the runs did not record a quantity); "" without rows. A table of
+    its own: the metric table with five more columns would not fit a page."""
+    rows = [r for r in rows if r["dataset"] == dataset and r["protocol"] == SELECTED]
+    if not rows:
+        return ""
+    recall = Column("R@1", "testing/e_recall@1")
+    costs = cost_columns()
+    best = best_values(rows, [(recall.key, recall.scale)])
+    body: list[list[str] | str] = []
+    previous = False
+    for row in rows:
+        if row["regularised"] and body and not previous:
+            body.append("\\midrule")  # baselines above, rho-regularised variants below
+        previous = row["regularised"]
+        body.append([latex_escape(row["method"]) + _sup(_marks(row)), column_cell(row, recall, best=best),
+                     str(row["n_seeds"]), *[column_cell(row, c) for c in costs]])  # fmt: skip
+    what = (
+        f"{latex_escape(DATASET_NAMES.get(dataset, dataset))}: cost of the runs, with R@1 on the test split"
+    )
+    caption = _caption(rows, what, SELECTED, bold=bool(best), extra=_cost_note(costs), columns=[recall])
+    header = "Method & R@1 & Seeds & " + " & ".join(latex_escape(c.header) for c in costs) + " \\\\"
+    return _latex_table(caption, f"tab:{dataset}-cost", 3 + len(costs), [header, "\\midrule"], body)
+
+
+def latex_shared_table(
+    rows: list[dict[str, Any]], datasets: list[str] | None = None, columns: list[str] | None = None
+) -> str:
+    """One block of ``columns`` per dataset (default :data:`SHARED_COLUMNS`, R@1 and NMI as in the
+    study: R@1 is the rank every dataset reports; a dataset without a column shows "-"), for
+    CUB200, CARS196 and SOP (those with runs), one row per method: baselines first, then the R-
+    variants; "" when none of the datasets has runs."""
     datasets = datasets or [
         d for d in ("cub200", "cars196", "online_products") if any(r["dataset"] == d for r in rows)
     ]
     rows = [r for r in rows if r["dataset"] in datasets]
     if not datasets or not rows:
         return ""
+    shown = [parse_column(c) for c in (columns or SHARED_COLUMNS)]
     by_method: dict[tuple[bool, str], dict[str, dict[str, Any]]] = defaultdict(dict)
     for row in rows:
         key = (row["regularised"], row["method"])
         if row["dataset"] in by_method[key]:  # two groups print as the same method: keep both rows
             key = (row["regularised"], f"{row['method']} [{row['group']}]")
         by_method[key][row["dataset"]] = row
-    keys = [("testing/e_recall@1", 100), ("testing/nmi", 100)]
+    keys = [(c.key, c.scale) for c in shown]
     best = {d: best_values([r for r in rows if r["dataset"] == d], keys) for d in datasets}
     body: list[list[str] | str] = []
     previous = False
@@ -538,24 +782,32 @@ def latex_shared_table(rows: list[dict[str, Any]], datasets: list[str] | None = 
         for d in datasets:
             row = per_dataset.get(d)
             mark = "".join(_marks(row)) if row else ""
-            cells += [cell(row, keys[0][0], best=best[d], mark=mark), cell(row, keys[1][0], best=best[d])]
+            cells += [
+                column_cell(row, c, best=best[d], mark=mark if i == 0 else "") for i, c in enumerate(shown)
+            ]
         body.append(cells)
     names = [latex_escape(DATASET_NAMES.get(d, d)) for d in datasets]
+    n = len(shown)
     header = [
-        " & " + " & ".join(f"\\multicolumn{{2}}{{c}}{{{n}}}" for n in names) + " \\\\",
-        "".join(f"\\cmidrule(lr){{{2 + 2 * i}-{3 + 2 * i}}}" for i in range(len(datasets))),
-        "Method & " + " & ".join("R@1 & NMI" for _ in datasets) + " \\\\",
+        " & " + " & ".join(f"\\multicolumn{{{n}}}{{c}}{{{name}}}" for name in names) + " \\\\",
+        "".join(f"\\cmidrule(lr){{{2 + n * i}-{1 + n * (i + 1)}}}" for i in range(len(datasets))),
+        "Method & "
+        + " & ".join(" & ".join(latex_escape(c.header) for c in shown) for _ in datasets)
+        + " \\\\",
         "\\midrule",
     ]
-    what = "R@1 and NMI on the test split of " + (" and ".join(names) if len(names) < 3 else
-                                                    ", ".join(names[:-1]) + " and " + names[-1])  # fmt: skip
-    caption = _caption(rows, what, rows[0]["protocol"], bold=any(best.values()))
-    return _latex_table(caption, "tab:shared", 1 + 2 * len(datasets), header, body)
+    what = latex_escape(_on_split(shown)) + " of " + _and(names)
+    caption = _caption(rows, what, rows[0]["protocol"], bold=any(best.values()), columns=shown)
+    return _latex_table(caption, "tab:shared", 1 + n * len(datasets), header, body)
 
 
-def _caption(rows: list[dict[str, Any]], what: str, protocol: str, bold: bool, extra: str = "") -> str:
+def _caption(
+    rows: list[dict[str, Any]], what: str, protocol: str, bold: bool, extra: str = "",
+    columns: list[Column] | None = None,
+) -> str:  # fmt: skip
     """The protocol in words: selection split (the test split flagged), seeds, mean ± std, × 100."""
-    text = f"{what} ($\\times 100$), "
+    unscaled = [latex_escape(c.header) for c in columns or [] if c.scale != 100]
+    text = f"{what} ($\\times 100$" + (f"; {_and(unscaled)} as computed" if unscaled else "") + "), "
     test = [r for r in rows if protocol == SELECTED and "testing" in r["selection_split"]]
     if protocol != SELECTED:
         text += ("per seed the maximum over epochs of each test metric separately (the study's protocol: "
@@ -597,8 +849,8 @@ def _latex_table(
         "\\centering",
         f"\\caption{{{caption}}}",
         f"\\label{{{re.sub(r'[^A-Za-z0-9:-]+', '-', label)}}}",
-        "\\small",
-        "\\setlength{\\tabcolsep}{4pt}",
+        "\\small" if columns <= 8 else "\\footnotesize",  # the study had 8 columns; CUB now 10, SOP 11
+        f"\\setlength{{\\tabcolsep}}{{{4 if columns <= 8 else 3}pt}}",
         "\\begin{tabular}{l" + "c" * (columns - 1) + "}",
         "\\toprule",
     ]
@@ -628,26 +880,32 @@ def _latex_width(line: str) -> int:
     return sum(int(m.group(1)) if (m := re.search(r"\\multicolumn\{(\d+)\}", c)) else 1 for c in cells)
 
 
-def markdown_tables(rows: list[dict[str, Any]]) -> str:
+def markdown_tables(rows: list[dict[str, Any]], columns: list[str] | None = None, cost: bool = False) -> str:
+    """``results.md``: one table per dataset and protocol, with the columns of :func:`table_columns`."""
     out = []
-    keys = [(f"{split}/{metric}", scale) for _, split, metric, scale in TABLE_COLUMNS]
+    datasets = sorted({r["dataset"] for r in rows}, key=_dataset_rank)
+    shown = {d: table_columns(rows, d, columns, cost) for d in datasets}
     for protocol in (SELECTED, MAX_OVER_EPOCHS):
         prow = [r for r in rows if r["protocol"] == protocol]
-        for dataset in sorted({r["dataset"] for r in prow}, key=_dataset_rank):
+        for dataset in [d for d in datasets if any(r["dataset"] == d for r in prow)]:
             drows = [r for r in prow if r["dataset"] == dataset]
-            best = best_values(drows, keys)
+            metric_columns = [c for c in shown[dataset] if not c.cost]
+            costs = [c for c in shown[dataset] if c.cost]
+            best = best_values(drows, [(c.key, c.scale) for c in metric_columns])
             out.append(f"### {DATASET_NAMES.get(dataset, dataset)} — {protocol}\n")
             out.append(_protocol_note(drows) + "\n")
-            out.append(
-                "| Method | " + " | ".join(h for h, *_ in TABLE_COLUMNS) + " | Epoch | Seeds | Selected on |"
-            )
-            out.append("|---" * (len(TABLE_COLUMNS) + 4) + "|")
+            if costs:
+                out.append(_cost_note(costs).replace("--", MISSING_COST) + "\n")
+            headers = [c.header for c in metric_columns] + ["Epoch", "Seeds"] + [c.header for c in costs]
+            out.append("| Method | " + " | ".join(headers) + " | Selected on |")
+            out.append("|---" * (len(headers) + 2) + "|")
             for row in drows:
-                cells = [cell(row, key, sc, latex=False, best=best) for key, sc in keys]
+                cells = [column_cell(row, c, latex=False, best=best) for c in metric_columns]
+                cells += [cell(row, "epoch", 1, latex=False), str(row["n_seeds"])]
+                cells += [column_cell(row, c, latex=False) for c in costs]
                 marks = "".join({DAGGER: "†", DDAGGER: "‡"}[m] for m in _marks(row))
                 method = row["method"].replace("|", "\\|") + (f" {marks}" if marks else "")
-                out.append(f"| {method} | " + " | ".join(cells) + f" | {cell(row, 'epoch', 1, latex=False)} | "
-                           f"{row['n_seeds']} | {row['selection_split']} |")  # fmt: skip
+                out.append(f"| {method} | " + " | ".join(cells) + f" | {row['selection_split']} |")
             dropped = [r for r in drows if r["dropped_duplicates"]]
             if dropped:
                 out.append("")
@@ -697,39 +955,418 @@ def latex_escape(text: str) -> str:
 _latex_escape = latex_escape  # the former private name
 
 
-def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+def write_csv(rows: list[dict[str, Any]], path: Path, cost: bool = False) -> None:
+    """``results.csv``: every field of every row; the run cost (``compute/*``) only with ``cost``,
+    then every :data:`COST_COLUMNS` quantity, "–" where a group's runs did not record it."""
     columns: list[str] = []
     for row in rows:
-        columns += [c for c in row if c not in columns]
+        columns += [c for c in row if c not in columns and (cost or not c.startswith("compute/"))]
+    if cost:
+        columns += [f"compute/{k}|{s}" for _, k, *_ in COST_COLUMNS for s in ("mean", "std", "n")
+                    if f"compute/{k}|{s}" not in columns]  # fmt: skip
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(rows)
+        for row in rows:
+            missing = {c: MISSING_COST for c in columns if c.startswith("compute/") and c not in row}
+            writer.writerow({**row, **missing})
 
 
 # ---- figures -----------------------------------------------------------------------------------
 
 
-def colour(name: str) -> tuple[float, float, float, float]:
-    """A method's colour: a fixed function of its name (the same in every figure and every call)."""
-    import matplotlib  # lazy: the table-only path does not pay for matplotlib
+@dataclass(frozen=True)
+class MethodStyle:
+    """How a method is drawn in every figure: its family's colour and hatch, its own marker, filled
+    for a baseline, hollow for a ρ-regularised (R-) variant."""
 
-    return matplotlib.colormaps["tab20"](zlib.crc32(name.encode()) % 20)
+    family: str
+    colour: str
+    marker: str
+    hatch: str
+    filled: bool
 
 
-def make_figures(rows: list[dict[str, Any]], out: Path) -> list[Path]:
-    """The study's figures from the ``selected`` rows; returns the written files."""
+def colour(name: str) -> str:
+    """The colour of a method family (:data:`FAMILY_COLOURS`), or of the family of a loss, a group
+    or a method name (``margin``, ``CUB_MS``, ``R-Margin (D, β=1.2)``); grey when unknown."""
+    if name in FAMILY_COLOURS:
+        return FAMILY_COLOURS[name]
+    core = name[2:] if name.startswith("R-") else name
+    return FAMILY_COLOURS[method_family(core, core)]
+
+
+def method_styles(rows: list[dict[str, Any]]) -> dict[str, MethodStyle]:
+    """``{method: MethodStyle}``: the colour and hatch follow the family, fixed for every call;
+    markers go to the methods in name order (a method and its R- variant share one)."""
+    bases = sorted({_base(r) for r in rows})
+    marker = {b: MARKERS[i % len(MARKERS)] for i, b in enumerate(bases)}
+    styles = {}
+    for r in rows:
+        family = r.get("family") or method_family(r.get("loss"), r.get("group", ""))
+        family = family if family in FAMILY_COLOURS else "other"
+        styles[r["method"]] = MethodStyle(family, FAMILY_COLOURS[family], marker[_base(r)], FAMILY_HATCHES[family],
+                                          not r["regularised"])  # fmt: skip
+    return styles
+
+
+def _base(row: dict[str, Any]) -> str:
+    method = row["method"]
+    return method[2:] if row["regularised"] and method.startswith("R-") else method
+
+
+def interval(row: dict[str, Any], key: str, scale: float = 100) -> tuple[float, float]:
+    """The error bar of ``key`` as (below, above) the mean, × ``scale``: the interval the tables
+    report, mean ± sample std over seeds (0 with one seed), or ``|ci_low``/``|ci_high`` where a row
+    has a confidence interval."""
+    mean = row[f"{key}|mean"]
+    low, high = row.get(f"{key}|ci_low"), row.get(f"{key}|ci_high")
+    if _is_number(low) and _is_number(high):
+        return (mean - low) * scale, (high - mean) * scale
+    std = row.get(f"{key}|std")
+    return (std * scale, std * scale) if _is_number(std) else (0.0, 0.0)
+
+
+def _interval_words(rows: list[dict[str, Any]], key: str) -> str:
+    if any(_is_number(r.get(f"{key}|ci_low")) for r in rows):
+        return "error bars: the confidence interval of the tables"
+    return "error bars: ± 1 sample std over seeds (none for one seed)"
+
+
+_R1 = "testing/e_recall@1"
+_R1_AXIS = "R@1 (%), test split"
+_RHO = "evaluation/rho_spectrum@2"
+# axis labels of the embedding-space statistics: what they are, their unit, and that they are
+# measured on the training classes
+_RELATION_AXIS = {
+    "dists@intra": "π_intra: mean intra-class distance\n(cosine distance, training classes)",
+    "dists@inter": "π_inter: mean distance between class centres\n(cosine distance, training classes)",
+    "dists@intra_over_inter": "π_ratio = π_intra / π_inter\n(ratio, training classes)",
+    "rho_spectrum@2": "ρ(Φ): spectral decay KL(u ‖ ŝ)\n(nats, training classes)",
+}  # fmt: skip
+
+
+def _pyplot() -> Any:
     import matplotlib  # lazy, and the Agg backend must be chosen before pyplot is imported
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _point(ax: Any, row: dict[str, Any], x_key: str, x_scale: float, style: MethodStyle) -> None:
+    """One method: its marker at (x, R@1) with both error bars; the data line's gid is the method."""
+    x, y = row[f"{x_key}|mean"] * x_scale, row[f"{_R1}|mean"] * 100
+    xerr, yerr = interval(row, x_key, x_scale), interval(row, _R1)
+    container = ax.errorbar(
+        [x], [y], xerr=[[xerr[0]], [xerr[1]]], yerr=[[yerr[0]], [yerr[1]]], fmt=style.marker, ms=7,
+        color=style.colour, mfc=style.colour if style.filled else "white",
+        mec="black" if style.filled else style.colour, mew=0.6 if style.filled else 1.6,
+        ecolor=style.colour, elinewidth=0.9, capsize=2, zorder=3, label=row["method"],
+    )  # fmt: skip
+    container.lines[0].set_gid(row["method"])
+
+
+def _legend_handles(
+    rows: list[dict[str, Any]], styles: dict[str, MethodStyle], methods: bool = True
+) -> list[Any]:
+    """Legend entries: each method (marker, colour, fill), each family present (colour and hatch)
+    and, where there are R- variants, what filled and hollow mean."""
+    import matplotlib  # already imported with pyplot: the artists live in its submodules
+
+    line, patch = matplotlib.lines.Line2D, matplotlib.patches.Patch
+    handles = []
+    if methods:
+        for method in dict.fromkeys(r["method"] for r in rows):
+            st = styles[method]
+            handles.append(line([], [], ls="", marker=st.marker, ms=7, color=st.colour, label=method,
+                                mfc=st.colour if st.filled else "white", mec="black" if st.filled else st.colour,
+                                mew=0.6 if st.filled else 1.6))  # fmt: skip
+    for family in FAMILY_COLOURS:
+        if any(styles[r["method"]].family == family for r in rows):
+            handles.append(patch(facecolor=FAMILY_COLOURS[family], edgecolor="black", hatch=FAMILY_HATCHES[family],
+                                 label=f"{family} loss" if family != "other" else "other / unknown loss"))  # fmt: skip
+    if any(r["regularised"] for r in rows) and any(not r["regularised"] for r in rows):
+        handles.append(patch(facecolor="0.35", edgecolor="black", label="filled: baseline"))
+        handles.append(patch(facecolor="white", edgecolor="0.35", lw=1.6, label="hollow: ρ-regularised (R-)"))
+    return handles
+
+
+def relative_luminance(rgb: Any) -> float:
+    """WCAG relative luminance of an sRGB colour (components in 0 … 1)."""
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in list(rgb)[:3]]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def _text_colour(background: Any) -> str:
+    """Black or white, whichever contrasts more with ``background`` (WCAG contrast ratio)."""
+    lum = relative_luminance(background)
+    return "black" if (lum + 0.05) / 0.05 >= 1.05 / (lum + 0.05) else "white"
+
+
+def correlation_figure(rows: list[dict[str, Any]]) -> Any:
+    """Pearson correlations between the test metrics across the baseline methods of each dataset
+    (their means over seeds): a diverging map centred at 0 (−1 … 1) with a colour bar, human metric
+    names, each value printed in black or white by the cell's lightness."""
+    plt = _pyplot()
+    import matplotlib
+
     rows = [r for r in rows if r["protocol"] == SELECTED]
     datasets = sorted({r["dataset"] for r in rows}, key=_dataset_rank)
-    written: list[Path] = []
+    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="0.85")
+    norm = matplotlib.colors.Normalize(vmin=-1, vmax=1)
+    fig, axes = plt.subplots(1, max(1, len(datasets)), figsize=(4.4 * max(1, len(datasets)) + 1.4, 4.6),
+                             squeeze=False, layout="constrained")  # fmt: skip
+    images = []
+    for ax, dataset in zip(axes[0], datasets, strict=False):
+        basic = [r for r in rows if r["dataset"] == dataset and not r["regularised"]]
+        metrics = [f"e_recall@{k}" for k in recall_ranks(basic)] + CORRELATION_METRICS
+        names = [m for m in metrics if all(f"testing/{m}|mean" in r for r in basic)]
+        ax.set_title(f"{DATASET_NAMES.get(dataset, dataset)} ({len(basic)} baseline methods)")
+        if len(basic) < 3 or len(names) < 2:
+            ax.text(0.5, 0.5, "needs ≥ 3 methods with\n≥ 2 common test metrics", ha="center", va="center")
+            ax.set_axis_off()
+            continue
+        values = np.array([[r[f"testing/{m}|mean"] for m in names] for r in basic])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            corr = np.corrcoef(values.T)
+        images.append(ax.imshow(np.ma.masked_invalid(corr), cmap=cmap, norm=norm))
+        labels = [metric_label(m) for m in names]
+        ax.set_xticks(range(len(names)), labels, rotation=45, ha="right")
+        ax.set_yticks(range(len(names)), labels)
+        ax.set_xlabel("test metric")
+        ax.set_ylabel("test metric")
+        for i in range(len(names)):
+            for j in range(len(names)):
+                value = corr[i, j]
+                if not np.isfinite(value):  # a metric equal for every method: no correlation
+                    ax.text(j, i, "n/a", ha="center", va="center", fontsize=7, color="black")
+                    continue
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                        color=_text_colour(cmap(norm(value))))  # fmt: skip
+    for ax in axes[0][len(datasets) :]:
+        ax.set_axis_off()
+    mappable = images[0] if images else matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap)
+    fig.colorbar(mappable, ax=axes[0].tolist(), label="Pearson r (−1 … 1)", shrink=0.85)
+    fig.suptitle("Correlation of the test metrics across methods (means over seeds, selected epoch)")
+    return fig
 
-    def save(fig, name: str) -> None:
-        fig.tight_layout()
+
+def relation_figure(rows: list[dict[str, Any]], styles: dict[str, MethodStyle] | None = None) -> Any:
+    """Test R@1 against π_intra, π_inter, π_ratio and ρ(Φ) of the training classes, per dataset
+    (rows) and statistic (columns): one marker per baseline method with both error bars, the
+    least-squares line, Pearson r in each panel's title, one legend below."""
+    plt = _pyplot()
+    rows = [r for r in rows if r["protocol"] == SELECTED]
+    styles = styles or method_styles(rows)
+    datasets = sorted({r["dataset"] for r in rows}, key=_dataset_rank)
+    fig, axes = plt.subplots(max(1, len(datasets)), len(RELATION_METRICS),
+                             figsize=(4.2 * len(RELATION_METRICS), 3.6 * max(1, len(datasets)) + 1.6),
+                             squeeze=False, layout="constrained")  # fmt: skip
+    shown: list[dict[str, Any]] = []
+    fit = False
+    for i, dataset in enumerate(datasets):
+        basic = [r for r in rows if r["dataset"] == dataset and not r["regularised"]]
+        for j, (label, metric) in enumerate(RELATION_METRICS):
+            ax = axes[i, j]
+            key = f"evaluation/{metric}"
+            pts = [r for r in basic if f"{key}|mean" in r and f"{_R1}|mean" in r]
+            shown += [r for r in pts if r not in shown]
+            for r in pts:
+                _point(ax, r, key, 1, styles[r["method"]])
+            x = np.array([r[f"{key}|mean"] for r in pts])
+            y = np.array([r[f"{_R1}|mean"] * 100 for r in pts])
+            name = DATASET_NAMES.get(dataset, dataset)
+            if len(pts) >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0:
+                slope, intercept = np.polyfit(x, y, 1)
+                grid = np.linspace(x.min(), x.max(), 10)
+                ax.plot(grid, slope * grid + intercept, color="black", ls="--", lw=1, zorder=2)
+                fit = True
+                r = f"{np.corrcoef(x, y)[0, 1]:.2f}".replace("-", "−")
+                ax.set_title(f"{name}: R@1 vs {label}\nPearson r = {r} ({len(pts)} methods)")
+            else:
+                ax.set_title(f"{name}: R@1 vs {label}\nr: needs ≥ 3 methods ({len(pts)})")
+            ax.set_xlabel(_RELATION_AXIS[metric])
+            ax.set_ylabel(_R1_AXIS)
+            ax.grid(True, color="0.9", lw=0.6)
+    handles = _legend_handles(shown, styles)
+    if fit:
+        import matplotlib
+
+        handles.append(
+            matplotlib.lines.Line2D([], [], color="black", ls="--", lw=1, label="least-squares fit")
+        )
+    if handles:
+        fig.legend(
+            handles=handles, loc="outside lower center", ncol=min(5, len(handles)), fontsize=8, frameon=False
+        )
+    fig.suptitle("Test R@1 against embedding-space statistics of the training classes "
+                 f"(baselines; means over seeds; {_interval_words(shown, _R1)})")  # fmt: skip
+    return fig
+
+
+def rho_figure(rows: list[dict[str, Any]], dataset: str, styles: dict[str, MethodStyle] | None = None) -> Any:
+    """R@1 against ρ(Φ) on ``dataset``: every method, baselines filled and their ρ-regularised R-
+    variants hollow, an arrow from a baseline to its variant, names at the markers."""
+    plt = _pyplot()
+    rows = [r for r in rows if r["protocol"] == SELECTED]
+    styles = styles or method_styles(rows)
+    pts = [r for r in rows if r["dataset"] == dataset and f"{_RHO}|mean" in r and f"{_R1}|mean" in r]
+    fig, ax = plt.subplots(figsize=(9.5, 6), layout="constrained")
+    for r in pts:
+        _point(ax, r, _RHO, 1, styles[r["method"]])
+    baseline = {_base(r): r for r in pts if not r["regularised"]}
+    for r in pts:
+        if r["regularised"] and _base(r) in baseline:
+            b = baseline[_base(r)]
+            ax.annotate("", xy=(r[f"{_RHO}|mean"], r[f"{_R1}|mean"] * 100),
+                        xytext=(b[f"{_RHO}|mean"], b[f"{_R1}|mean"] * 100),
+                        arrowprops={"arrowstyle": "->", "color": "0.45", "lw": 0.9, "shrinkA": 6, "shrinkB": 6})  # fmt: skip
+    ax.set_xlabel(_RELATION_AXIS["rho_spectrum@2"].replace("\n", " "))
+    ax.set_ylabel(_R1_AXIS)
+    ax.grid(True, color="0.9", lw=0.6)
+    ax.set_title(f"{DATASET_NAMES.get(dataset, dataset)}: R@1 against ρ(Φ), baselines and ρ-regularised "
+                 f"variants (arrow: baseline → R-)\nmeans over seeds; {_interval_words(pts, _R1)}",
+                 fontsize=9)  # fmt: skip
+    handles = _legend_handles(pts, styles)
+    if handles:
+        fig.legend(handles=handles, loc="outside right upper", fontsize=8, frameon=False)
+    _label_points(ax, [(r[f"{_RHO}|mean"], r[f"{_R1}|mean"] * 100, r["method"]) for r in pts])
+    return fig
+
+
+def _label_points(ax: Any, points: list[tuple[float, float, str]], fontsize: float = 7) -> None:
+    """Name each point where the name covers no marker and no other name: the first free place of
+    16 directions at growing distances (the least covered one when none is free), with a dotted
+    leader line when it is not next to its point."""
+    import matplotlib
+
+    fig = ax.figure
+    fig.canvas.draw()  # the final layout: names are placed in display coordinates
+    renderer = fig.canvas.get_renderer()
+    radius = 6 * fig.dpi / 72  # a marker's half size, in pixels
+    centres = ax.transData.transform([(x, y) for x, y, _ in points]) if points else []
+    taken = [
+        matplotlib.transforms.Bbox.from_extents(x - radius, y - radius, x + radius, y + radius)
+        for x, y in centres
+    ]
+    inside = ax.bbox.padded(-2)
+    angles = np.deg2rad(
+        [0, -22.5, 22.5, 180, 157.5, -157.5, 45, -45, 135, -135, 90, -90, 67.5, -67.5, 112.5, -112.5]
+    )
+    candidates = [
+        (d * math.cos(a), d * math.sin(a)) for d in (4, 9, 15, 22, 30, 40, 52, 66, 82) for a in angles
+    ]
+
+    def covered(extent: Any) -> float:
+        area = sum(max(0.0, min(extent.x1, t.x1) - max(extent.x0, t.x0)) * max(0.0, min(extent.y1, t.y1) - max(extent.y0, t.y0))
+                   for t in taken)  # fmt: skip
+        outside = not (inside.x0 <= extent.x0 and extent.x1 <= inside.x1 and inside.y0 <= extent.y0
+                       and extent.y1 <= inside.y1)  # fmt: skip
+        return area + (1e9 if outside else 0.0)
+
+    for x, y, text in points:
+        best: tuple[float, tuple[float, float]] | None = None
+        for dx, dy in candidates:
+            label = _annotate(ax, x, y, text, dx, dy, fontsize)
+            score = covered(label.get_window_extent(renderer))
+            label.remove()
+            if best is None or score < best[0]:
+                best = (score, (dx, dy))
+            if score == 0:
+                break
+        if best is not None:
+            label = _annotate(ax, x, y, text, *best[1], fontsize)
+            taken.append(label.get_window_extent(renderer))
+
+
+def _annotate(ax: Any, x: float, y: float, text: str, dx: float, dy: float, fontsize: float) -> Any:
+    far = math.hypot(dx, dy) > 12
+    label = ax.annotate(
+        text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize, zorder=4,
+        bbox={"boxstyle": "square,pad=0.05", "facecolor": "white", "edgecolor": "none", "alpha": 0.75},
+        ha="left" if dx > 1 else "right" if dx < -1 else "center",
+        va="bottom" if dy > 1 else "top" if dy < -1 else "center", annotation_clip=False,
+        arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6, "ls": ":", "shrinkA": 1, "shrinkB": 5} if far else None,
+    )  # fmt: skip
+    label.set_in_layout(False)
+    return label
+
+
+def bar_figure(rows: list[dict[str, Any]], dataset: str, styles: dict[str, MethodStyle] | None = None) -> Any:
+    """Test R@1 of every method on ``dataset``, sorted, as horizontal bars from 0: the family's
+    colour and hatch, hollow for the R- variants, error bars of the tables' interval, the value
+    printed at each bar."""
+    plt = _pyplot()
+    rows = [r for r in rows if r["protocol"] == SELECTED]
+    styles = styles or method_styles(rows)
+    bars = sorted((r for r in rows if r["dataset"] == dataset and f"{_R1}|mean" in r),
+                  key=lambda r: (r[f"{_R1}|mean"], r["method"]))  # fmt: skip
+    fig, ax = plt.subplots(figsize=(8.5, 0.42 * len(bars) + 2.2), layout="constrained")
+    for i, r in enumerate(bars):
+        st = styles[r["method"]]
+        mean = r[f"{_R1}|mean"] * 100
+        below, above = interval(r, _R1)
+        container = ax.barh(
+            i, mean, xerr=[[below], [above]] if below or above else None, height=0.7, hatch=st.hatch,
+            color=st.colour if st.filled else "white", edgecolor="black" if st.filled else st.colour,
+            linewidth=0.6 if st.filled else 1.6, capsize=3, error_kw={"ecolor": "black", "elinewidth": 1},
+        )  # fmt: skip
+        container.patches[0].set_gid(r["method"])
+    ax.set_yticks(range(len(bars)), [r["method"] for r in bars])
+    values = ax.secondary_yaxis("right")  # the numbers, in a column right of the plot
+    values.set_yticks(range(len(bars)), [_mean_std(r, _R1) for r in bars])
+    values.tick_params(length=0, labelsize=8)
+    ends = [r[f"{_R1}|mean"] * 100 + interval(r, _R1)[1] for r in bars]
+    ax.set_xlim(0, min(100.0, 10 * math.ceil(max(ends, default=90) / 10 + 0.05)))  # from 0, never cut
+    ax.set_xlabel("R@1 (%), test split, selected epoch")
+    ax.set_ylabel("method (sorted by R@1)")
+    ax.grid(True, axis="x", color="0.9", lw=0.6)
+    ax.set_axisbelow(True)
+    ax.set_title(f"{DATASET_NAMES.get(dataset, dataset)}: test R@1 per method\nmeans over seeds; "
+                 f"{_interval_words(bars, _R1)}", fontsize=9)  # fmt: skip
+    handles = _legend_handles(bars, styles, methods=False)
+    if handles:
+        fig.legend(
+            handles=handles, loc="outside lower center", ncol=min(4, len(handles)), fontsize=8, frameon=False
+        )
+    return fig
+
+
+def _mean_std(row: dict[str, Any], key: str, scale: float = 100) -> str:
+    std = row.get(f"{key}|std")
+    mean = row[f"{key}|mean"] * scale
+    return f"{mean:.1f} ± {std * scale:.1f}" if _is_number(std) else f"{mean:.1f} (n=1)"
+
+
+def build_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{file stem: matplotlib Figure}`` of the study's figures from the ``selected`` rows, all
+    with one :func:`method_styles` (a method looks the same in every figure)."""
+    selected = [r for r in rows if r["protocol"] == SELECTED]
+    datasets = sorted({r["dataset"] for r in selected}, key=_dataset_rank)
+    styles = method_styles(selected)
+    plt = _pyplot()
+    with plt.rc_context({"font.size": 9, "axes.titlesize": 9, "hatch.linewidth": 0.8}):
+        figures = {"metric_correlation_matrix": correlation_figure(selected),
+                   "comp_metric_relation": relation_figure(selected, styles)}  # fmt: skip
+        for dataset in datasets:
+            figures[f"Detailed_Rel_Recall_Rho_{_file_tag(dataset)}"] = rho_figure(selected, dataset, styles)
+        if datasets:
+            figures["FirstPage"] = bar_figure(selected, datasets[0], styles)
+    return figures
+
+
+def _file_tag(dataset: str) -> str:
+    """CUB200-2011 -> CUB200, In-Shop -> InShop: a file-name part."""
+    return re.sub(r"[^A-Za-z0-9]", "", re.sub(r"-\d{4}$", "", DATASET_NAMES.get(dataset, dataset)))
+
+
+def make_figures(rows: list[dict[str, Any]], out: Path) -> list[Path]:
+    """The study's figures (:func:`build_figures`) as PNG and PDF in ``out``; returns the files."""
+    plt = _pyplot()
+    written: list[Path] = []
+    for name, fig in build_figures(rows).items():
         for ext in ("png", "pdf"):
             path = out / f"{name}.{ext}"
             fig.savefig(
@@ -737,108 +1374,48 @@ def make_figures(rows: list[dict[str, Any]], out: Path) -> list[Path]:
             )
             written.append(path)
         plt.close(fig)
-
-    # metric correlation matrix
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4.4), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets, strict=True):
-        basic = [r for r in rows if r["dataset"] == dataset and not r["regularised"]]
-        names = [m for m in CORRELATION_METRICS if all(f"testing/{m}|mean" in r for r in basic)]
-        ax.set_title(DATASET_NAMES.get(dataset, dataset))
-        values = np.array([[r[f"testing/{m}|mean"] for m in names] for r in basic])
-        if len(basic) < 3 or len(names) < 2:
-            ax.text(0.5, 0.5, "needs ≥ 3 methods", ha="center", va="center")
-            ax.set_axis_off()
-            continue
-        with np.errstate(invalid="ignore", divide="ignore"):
-            corr = np.corrcoef(values.T)
-        ax.imshow(corr, cmap="plasma", vmin=-1, vmax=1)
-        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-        ax.set_yticks(range(len(names)), names)
-        for i in range(len(names)):
-            for j in range(len(names)):
-                ax.text(j, i, f"{corr[i, j]:.2f}", ha="center", va="center", fontsize=7, color="w")
-    save(fig, "metric_correlation_matrix")
-
-    # R@1 against the embedding-space metrics of the training classes
-    fig, axes = plt.subplots(
-        len(datasets), len(RELATION_METRICS), figsize=(16, 3.6 * len(datasets)), squeeze=False
-    )
-    for i, dataset in enumerate(datasets):
-        basic = [r for r in rows if r["dataset"] == dataset and not r["regularised"]]
-        for j, (label, metric) in enumerate(RELATION_METRICS):
-            ax = axes[i, j]
-            pts = [r for r in basic if f"evaluation/{metric}|mean" in r and "testing/e_recall@1|mean" in r]
-            ax.set_xlabel(f"{label} (training classes)")
-            ax.set_ylabel(f"{DATASET_NAMES.get(dataset, dataset)} R@1")
-            x = np.array([r[f"evaluation/{metric}|mean"] for r in pts])
-            y = np.array([r["testing/e_recall@1|mean"] * 100 for r in pts])
-            yerr = np.array([np.nan_to_num(r["testing/e_recall@1|std"]) * 100 for r in pts])
-            for r, xi, yi, ei in zip(pts, x, y, yerr, strict=True):
-                ax.errorbar(xi, yi, yerr=ei, fmt="o", color=colour(r["method"]), capsize=2)
-            if len(pts) >= 3 and np.ptp(x) > 0:
-                slope, intercept = np.polyfit(x, y, 1)
-                grid = np.linspace(x.min(), x.max(), 10)
-                ax.plot(grid, slope * grid + intercept, "k--", lw=1)
-                ax.text(0.05, 0.92, f"r = {np.corrcoef(x, y)[0, 1]:.2f}", transform=ax.transAxes,
-                        bbox={"facecolor": "white", "alpha": 0.8})  # fmt: skip
-    save(fig, "comp_metric_relation")
-
-    # R@1 against ρ(Φ): baselines vs ρ-regularised
-    for dataset in datasets:
-        fig, ax = plt.subplots(figsize=(6, 4.5))
-        for regularised, col in ((False, "deepskyblue"), (True, "orange")):
-            pts = [r for r in rows if r["dataset"] == dataset and r["regularised"] == regularised
-                   and "evaluation/rho_spectrum@2|mean" in r and "testing/e_recall@1|mean" in r]  # fmt: skip
-            ax.scatter([r["evaluation/rho_spectrum@2|mean"] for r in pts],
-                       [r["testing/e_recall@1|mean"] * 100 for r in pts], color=col, s=40,
-                       label="ρ-regularised" if regularised else "baseline")  # fmt: skip
-            for r in pts:
-                ax.annotate(r["method"], (r["evaluation/rho_spectrum@2|mean"], r["testing/e_recall@1|mean"] * 100),
-                            fontsize=7, xytext=(3, 3), textcoords="offset points")  # fmt: skip
-        ax.set_xlabel("ρ(Φ) (training classes)")
-        ax.set_ylabel("R@1 (test)")
-        ax.set_title(DATASET_NAMES.get(dataset, dataset))
-        ax.legend()
-        save(fig, f"Detailed_Rel_Recall_Rho_{DATASET_NAMES.get(dataset, dataset).split('-')[0]}")
-
-    # bar chart of R@1 (first dataset)
-    if datasets:
-        bars = sorted((r for r in rows if r["dataset"] == datasets[0] and "testing/e_recall@1|mean" in r),
-                      key=lambda r: r["testing/e_recall@1|mean"])  # fmt: skip
-        fig, ax = plt.subplots(figsize=(7, 0.35 * len(bars) + 1.5))
-        ax.barh([r["method"] for r in bars], [r["testing/e_recall@1|mean"] * 100 for r in bars],
-                xerr=[np.nan_to_num(r["testing/e_recall@1|std"]) * 100 for r in bars],
-                color=["forestgreen" if r["regularised"] else "orange" for r in bars], capsize=2)  # fmt: skip
-        lo = min((r["testing/e_recall@1|mean"] * 100 for r in bars), default=0)
-        ax.set_xlim(max(0.0, lo - 5), None)
-        ax.set_xlabel(f"{DATASET_NAMES.get(datasets[0], datasets[0])} R@1 (test, selected epoch)")
-        save(fig, "FirstPage")
     return written
 
 
 # ---- command line ------------------------------------------------------------------------------
 
 
-def run(runs: list[Run], out: Path, figures: bool = True, allow_mixed: bool = False) -> list[dict[str, Any]]:
+def run(
+    runs: list[Run],
+    out: Path,
+    figures: bool = True,
+    allow_mixed: bool = False,
+    columns: list[str] | None = None,
+    cost: bool = False,
+) -> list[dict[str, Any]]:
     """Aggregate ``runs`` under both protocols and write every table (and figure) to ``out``.
 
-    Raises :class:`MixedRunsError` (before writing anything) for a group of differing setups
-    unless ``allow_mixed``."""
+    ``columns`` (``--columns``): the metric columns of every table instead of each dataset's
+    Recall@k, F1, MAP@R, NMI (and the blocks of the shared table instead of R@1, NMI); ``cost``
+    (``--cost``): the run cost columns. Raises :class:`MixedRunsError` (before writing anything)
+    for a group of differing setups unless ``allow_mixed``."""
     rows = aggregate(runs, SELECTED, allow_mixed) + aggregate(runs, MAX_OVER_EPOCHS, allow_mixed, warn=False)
+    for column in [parse_column(c) for c in columns or []]:
+        if not any(f"{column.key}|mean" in r for r in rows):
+            print(f"warning: --columns {column.header}: no run recorded {column.key}; the column shows -",
+                  file=sys.stderr)  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, out / "results.csv")
-    (out / "results.md").write_text(markdown_tables(rows))
+    write_csv(rows, out / "results.csv", cost=cost)
+    (out / "results.md").write_text(markdown_tables(rows, columns, cost))
     selected = [r for r in rows if r["protocol"] == SELECTED]
     maxed = [r for r in rows if r["protocol"] == MAX_OVER_EPOCHS]
     for dataset in sorted({r["dataset"] for r in rows}, key=_dataset_rank):
+        shown = table_columns(rows, dataset, columns, cost)  # the same columns under both protocols
         for name, protocol_rows in (
             (f"table_{dataset}", selected),
             (f"table_{dataset}_max_over_epochs", maxed),
         ):
-            text = latex_single_table(protocol_rows, dataset)
+            text = latex_single_table(protocol_rows, dataset, shown)
             if text:
                 (out / f"{name}.tex").write_text(text)
-    shared = latex_shared_table(selected)
+        if cost:
+            (out / f"table_{dataset}_cost.tex").write_text(latex_cost_table(selected, dataset))
+    shared = latex_shared_table(selected, columns=columns)
     if shared:
         (out / "table_shared.tex").write_text(shared)
     else:  # an older one would pass for this invocation's
@@ -870,7 +1447,26 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         help="a group whose runs differ in a protocol flag (n_epochs, bs, arch, ...) is reported as one row "
         "per setting instead of refused",
     )
+    parser.add_argument(
+        "--columns",
+        nargs="+",
+        metavar="COLUMN",
+        help="the metric columns of every table, e.g. R@1 R@10 MAP@R NMI (human names or metric keys, "
+        "optionally split/NAME; default: per dataset the test Recall@k its runs recorded, then F1, MAP@R, "
+        "NMI; the shared table: R@1, NMI)",
+    )
+    parser.add_argument(
+        "--cost",
+        action="store_true",
+        help="add the run cost (summary.json 'compute': train/eval images/s, wall time, peak GPU and host "
+        "memory; mean over seeds, '–' where not recorded) to results.csv/.md and the per-dataset .tex",
+    )
     opt = parser.parse_args(argv)
+    for name in opt.columns or []:
+        try:
+            parse_column(name)
+        except ValueError as err:
+            parser.error(f"--columns: {err}")
     source = opt.wandb_project or opt.runs
     filters = {"groups": opt.groups, "exclude": opt.exclude, "datasets": opt.datasets}
     if opt.wandb_project:
@@ -893,10 +1489,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             f"no finished run in {source} passes --groups/--exclude/--datasets; groups: {groups}"
         )
     try:
-        rows = run(runs, Path(opt.out), figures=not opt.no_figures, allow_mixed=opt.allow_mixed)
+        rows = run(runs, Path(opt.out), figures=not opt.no_figures, allow_mixed=opt.allow_mixed,
+                   columns=opt.columns, cost=opt.cost)  # fmt: skip
     except MixedRunsError as err:
         parser.exit(2, f"Result_Evaluations.py: error: {err}\n")
-    print(markdown_tables(rows))
+    print(markdown_tables(rows, opt.columns, opt.cost))
     print(f"{len(runs)} runs, {len(rows) // 2} groups -> {opt.out}")
     return rows
 

@@ -28,8 +28,10 @@ _MTIME = [1_000_000_000]
 
 def make_run(root: Path, dataset: str, name: str, seed: int, group: str, r1: float, **flags) -> Path:
     """A finished run folder as main.py leaves it: args.json (with the protocol flags), metrics.csv
-    over 3 epochs (R@1 peaking at epoch 1 = ``r1``), summary.json at epoch 1; later calls finish later."""
+    over 3 epochs (R@1 peaking at epoch 1 = ``r1``), summary.json at epoch 1; later calls finish later.
+    ``recall_at``: the Recall@k ranks recorded (default 1, 2); ``compute``: summary.json's cost dict."""
     selection = flags.pop("selection_split", "validation" if flags.get("use_tv_split", True) else "testing")
+    recall_at, compute = flags.pop("recall_at", (1, 2)), flags.pop("compute", None)
     args = {"dataset": dataset, "seed": seed, "group": group, "log_online": True, **PROTOCOL, **flags}
     folder = root / dataset / name
     folder.mkdir(parents=True)
@@ -38,8 +40,8 @@ def make_run(root: Path, dataset: str, name: str, seed: int, group: str, r1: flo
     rows = []
     for epoch in range(3):
         rows.append({"epoch": epoch, "split": "training", "loss": 1.0 / (epoch + 1)})
-        test = {"e_recall@1": curve[epoch], "e_recall@2": min(1.0, curve[epoch] + 0.1), "f1": curve[epoch] / 2,
-                "mAP@R": curve[epoch] / 3, "nmi": 0.5 + seed / 100}  # fmt: skip
+        test = {f"e_recall@{k}": min(1.0, curve[epoch] + 0.1 * i) for i, k in enumerate(recall_at)}
+        test |= {"f1": curve[epoch] / 2, "mAP@R": curve[epoch] / 3, "nmi": 0.5 + seed / 100}
         rows.append({"epoch": epoch, "split": "testing", **test})
         rows.append({"epoch": epoch, "split": "validation", "e_recall@1": curve[epoch]})
         rows.append({"epoch": epoch, "split": "evaluation", "dists@intra": 0.3, "rho_spectrum@2": 0.1 + r1})
@@ -52,6 +54,8 @@ def make_run(root: Path, dataset: str, name: str, seed: int, group: str, r1: flo
         if row["epoch"] == 1 and row["split"] != "training":
             metrics[row["split"]] = {k: v for k, v in row.items() if k not in ("epoch", "split")}
     summary = {"selected_epoch": 1, "selection_split": selection, "metrics": metrics}
+    if compute is not None:
+        summary["compute"] = compute
     (folder / "summary.json").write_text(json.dumps(summary))
     _MTIME[0] += 60
     os.utime(folder / "summary.json", (_MTIME[0], _MTIME[0]))
@@ -90,7 +94,7 @@ def mixed_runs(root: Path) -> None:
 
 ALLOWED_COMMANDS = {
     "\\begin", "\\end", "\\centering", "\\small", "\\caption", "\\label", "\\toprule", "\\midrule",
-    "\\bottomrule", "\\cmidrule", "\\multicolumn", "\\textbf", "\\mathbf", "\\pm", "\\times", "\\dagger",
+    "\\bottomrule", "\\cmidrule", "\\multicolumn", "\\textbf", "\\mathbf", "\\pm", "\\times", "\\dagger", "\\footnotesize",
     "\\ddagger", "\\setlength", "\\tabcolsep", "\\beta", "\\rho", "\\pi", "\\Phi", "\\textbackslash", "\\textasciitilde",
     "\\textasciicircum", "\\textless", "\\textgreater", "\\textbar",
 }  # fmt: skip
@@ -423,3 +427,116 @@ def test_latex_escape_and_the_checker_catches_broken_tables():
         assert expected in problems
     assert "never ended" in " ".join(latex_problems(good.replace("\\end{table*}", "")))
     assert "unescaped % cuts" in " ".join(latex_problems(good.replace("m &", "5% &")))
+
+
+# ---- per-dataset Recall@k, --columns, --cost --------------------------------------------------------
+
+RANKS = {"cub200": (1, 2, 4, 8), "online_products": (1, 10, 100, 1000), "inshop": (1, 10, 20, 30, 40)}
+COMPUTE = {"train_images_per_s": 412.4, "eval_images_per_s": 1903.0, "peak_host_mem_mb": 6144.0,
+           "peak_gpu_mem_mb": 10240.0, "wall_time_s": 18000.0}  # fmt: skip
+
+
+def ranked_runs(root: Path) -> None:
+    """CUB200, SOP and In-Shop runs recording each dataset's own Recall@k ranks (as main.py's
+    per-dataset defaults do); on SOP one group also recorded R@2 (not every run: not a column);
+    the MS runs have a compute dict, the Margin runs (older) do not; the CPU run has no GPU memory."""
+    for dataset, ranks in RANKS.items():
+        prefix = {"cub200": "CUB", "online_products": "SOP", "inshop": "INSHOP"}[dataset]
+        for seed in (0, 1):
+            make_run(root, dataset, f"{prefix}_Margin_b12_Distance_s{seed}", seed, f"{prefix}_Margin_b12_Distance",
+                     0.6 + seed / 100, recall_at=ranks + ((2,) if dataset == "online_products" else ()))  # fmt: skip
+            make_run(root, dataset, f"{prefix}_MS_s{seed}", seed, f"{prefix}_MS", 0.62 + seed / 100,
+                     recall_at=ranks, compute=dict(COMPUTE, train_images_per_s=400.0 + 20 * seed))  # fmt: skip
+    make_run(root, "cub200", "CUB_Contrastive_s0", 0, "CUB_Contrastive", 0.5, recall_at=RANKS["cub200"],
+             compute=dict(COMPUTE, peak_gpu_mem_mb=None))  # fmt: skip
+
+
+def test_tables_follow_the_recall_ranks_each_dataset_recorded(tmp_path):
+    root, out = tmp_path / "runs", tmp_path / "tables"
+    ranked_runs(root)
+    RE.main(["--runs", str(root), "--out", str(out), "--no_figures"])
+    headers = {
+        "cub200": "Method & R@1 & R@2 & R@4 & R@8 & F1 & MAP@R & NMI & Epoch & Seeds \\\\",
+        "online_products": "Method & R@1 & R@10 & R@100 & R@1000 & F1 & MAP@R & NMI & Epoch & Seeds \\\\",
+        "inshop": "Method & R@1 & R@10 & R@20 & R@30 & R@40 & F1 & MAP@R & NMI & Epoch & Seeds \\\\",
+    }
+    for dataset, header in headers.items():
+        for suffix in ("", "_max_over_epochs"):  # the same columns under both protocols
+            text = (out / f"table_{dataset}{suffix}.tex").read_text()
+            assert header in text.splitlines(), (dataset, suffix)
+            assert latex_problems(text) == []
+    sop = (out / "table_online_products.tex").read_text()
+    assert "SOP: R@1, R@10, R@100, R@1000, F1, MAP@R and NMI on the test split" in sop
+    # 11 columns: a smaller font and narrower gaps; the study's 8 (the shared table: 7) keep \\small
+    assert "\\footnotesize\n\\setlength{\\tabcolsep}{3pt}" in sop
+    assert "\\small\n\\setlength{\\tabcolsep}{4pt}" in (out / "table_shared.tex").read_text()
+    # Multisimilarity has the best mean of every R@k
+    assert (
+        "Multisimilarity & $\\mathbf{62.50}\\pm0.71$ & $\\mathbf{72.50}\\pm0.71$ & $\\mathbf{82.50}\\pm0.71$ & $\\mathbf{92.50}\\pm0.71$"
+        in sop
+    )
+    md = (out / "results.md").read_text()
+    assert "| Method | R@1 | R@10 | R@100 | R@1000 | F1 | MAP@R | NMI | Epoch | Seeds | Selected on |" in md
+    assert (
+        "| Method | R@1 | R@10 | R@20 | R@30 | R@40 | F1 | MAP@R | NMI | Epoch | Seeds | Selected on |" in md
+    )
+    # the shared table: the study's R@1 and NMI per dataset (R@1: the rank every dataset reports)
+    shared = (out / "table_shared.tex").read_text()
+    assert "Method & R@1 & NMI & R@1 & NMI \\\\" in shared and latex_problems(shared) == []
+    if shutil.which("pdflatex"):
+        assert compile_problems(sorted(out.glob("*.tex")), tmp_path / "latex") == ""
+
+
+def test_columns_option_sets_every_tables_columns(tmp_path, capsys):
+    root, out = tmp_path / "runs", tmp_path / "tables"
+    ranked_runs(root)
+    RE.main(["--runs", str(root), "--out", str(out), "--no_figures", "--columns", "R@1", "R@10", "MAP@R"])
+    sop = (out / "table_online_products.tex").read_text()
+    assert "Method & R@1 & R@10 & MAP@R & Epoch & Seeds \\\\" in sop and latex_problems(sop) == []
+    cub = (out / "table_cub200.tex").read_text()
+    assert "Method & R@1 & R@10 & MAP@R & Epoch & Seeds \\\\" in cub  # CUB has no R@10: "-"
+    assert "Multisimilarity & $\\mathbf{62.50}\\pm0.71$ & - & $\\mathbf{20.83}\\pm0.24$ &" in cub
+    shared = (out / "table_shared.tex").read_text()
+    assert " & \\multicolumn{3}{c}{CUB200-2011} & \\multicolumn{3}{c}{SOP} \\\\" in shared
+    assert "\\cmidrule(lr){2-4}\\cmidrule(lr){5-7}" in shared and latex_problems(shared) == []
+    assert "| Method | R@1 | R@10 | MAP@R | Epoch | Seeds | Selected on |" in (out / "results.md").read_text()
+    capsys.readouterr()
+    RE.main(["--runs", str(root), "--out", str(out), "--no_figures", "--columns", "R@1", "c_nmi"])
+    assert "--columns NMI (cosine): no run recorded testing/c_nmi" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        RE.main(["--runs", str(root), "--out", str(out), "--columns", "R@1 & NMI"])
+    assert exc.value.code == 2 and "--columns: unknown column 'R@1 & NMI'" in capsys.readouterr().err
+
+
+def test_cost_columns_with_missing_compute_shown_as_a_dash(tmp_path):
+    root, out = tmp_path / "runs", tmp_path / "tables"
+    ranked_runs(root)
+    RE.main(["--runs", str(root), "--out", str(out), "--no_figures"])
+    assert "Train img/s" not in (out / "table_cub200.tex").read_text()  # only with --cost
+    with (out / "results.csv").open() as f:
+        assert not any(c.startswith("compute/") for c in next(csv.reader(f)))
+    assert not (out / "table_cub200_cost.tex").exists()
+    RE.main(["--runs", str(root), "--out", str(out), "--no_figures", "--cost"])
+    assert "Train img/s" not in (out / "table_cub200.tex").read_text()  # a page holds no more columns
+    cub = (out / "table_cub200_cost.tex").read_text()  # the cost: a table of its own
+    assert latex_problems(cub) == []
+    assert ("Method & R@1 & Seeds & Train img/s & Eval img/s & Wall (h) & GPU mem (GB) & Host mem (GB) \\\\"
+            in cub)  # fmt: skip
+    rows = {x.split(" & ")[0]: x for x in cub.splitlines() if " & " in x}
+    assert rows["Multisimilarity"].endswith("& 2 & 410 & 1903 & 5.00 & 10.0 & 6.0 \\\\")  # means over seeds
+    assert rows["Margin (D, $\\beta$=1.2)"].endswith("& 2 & -- & -- & -- & -- & -- \\\\")  # no compute dict
+    assert rows["Contrastive"].endswith("& 1 & 412 & 1903 & 5.00 & -- & 6.0 \\\\")  # CPU: no GPU memory
+    assert "-- where the runs did not record it" in cub
+    md = (out / "results.md").read_text()
+    assert (
+        "| Seeds | Train img/s | Eval img/s | Wall (h) | GPU mem (GB) | Host mem (GB) | Selected on |" in md
+    )
+    assert "| 2 | – | – | – | – | – | validation |" in md
+    with (out / "results.csv").open() as f:
+        table = {(r["dataset"], r["group"], r["protocol"]): r for r in csv.DictReader(f)}
+    ms = table[("cub200", "CUB_MS", RE.SELECTED)]
+    assert float(ms["compute/train_images_per_s|mean"]) == pytest.approx(410.0)
+    assert table[("cub200", "CUB_Margin_b12_Distance", RE.SELECTED)]["compute/wall_time_s|mean"] == "–"
+    assert table[("cub200", "CUB_Contrastive", RE.SELECTED)]["compute/peak_gpu_mem_mb|mean"] == "–"
+    if shutil.which("pdflatex"):
+        assert compile_problems(sorted(out.glob("table_*.tex")), tmp_path / "latex") == ""
