@@ -12,19 +12,22 @@ it trains, honours ``--not_pretrained``/``--pretrained_path``, and also supports
 
 from __future__ import annotations
 
-import torchvision
 from torch import nn
 
 from architectures.base import ArchSpec, EmbeddingNet, GlobalPool, InputConfig, build_weights
 
 
 def _random_init() -> nn.Module:
+    import torchvision.models  # lazy: seconds of CPU that --help and configuration errors skip
+
     return torchvision.models.googlenet(
         weights=None, aux_logits=False, transform_input=True, init_weights=True
     )
 
 
 def _pretrained_init() -> nn.Module:
+    import torchvision.models  # lazy: seconds of CPU that --help and configuration errors skip
+
     weights = torchvision.models.GoogLeNet_Weights.IMAGENET1K_V1
     # torchvision loads these weights with the auxiliary heads, then drops them
     return torchvision.models.googlenet(weights=weights, transform_input=True)

@@ -11,7 +11,6 @@ Input: 224 crops, ImageNet normalisation.
 
 from __future__ import annotations
 
-import torchvision
 from torch import nn
 
 from architectures.base import ArchSpec, EmbeddingNet, GlobalPool, build_weights
@@ -24,6 +23,8 @@ class _TorchvisionResNet(EmbeddingNet):
     def make_backbone(
         self, spec: ArchSpec, *, pretrained: bool, pretrained_path: str
     ) -> tuple[nn.Module, int]:
+        import torchvision.models  # lazy: seconds of CPU that --help and configuration errors skip
+
         builder = getattr(torchvision.models, self.name)
         weights = getattr(torchvision.models, f"ResNet{self.depth}_Weights").IMAGENET1K_V1
         net = build_weights(

@@ -53,7 +53,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 
 from datasets.base import (
     ImageDataset,
@@ -80,6 +79,8 @@ def _norm(name: str) -> str:
 
 
 def load_mat(path: Path, dataset: str) -> dict:
+    import scipy.io  # lazy: a second of CPU that --help, configuration errors and other datasets skip
+
     try:
         return scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=True)
     except Exception as err:

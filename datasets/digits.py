@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
 
 from datasets.base import SplitDataset, SplitOptions, make_splits
 
@@ -32,6 +31,8 @@ class Digits:
         self.split = split
 
     def splits(self) -> dict[str, SplitDataset]:
+        from sklearn.datasets import load_digits  # lazy: sklearn (+ scipy, pandas) costs seconds of CPU
+
         data = load_digits()
         images = torch.as_tensor(data.images / 16.0, dtype=torch.float32)[:, None].expand(-1, 3, -1, -1)
         images = (images - 0.3) / 0.4  # roughly zero-mean, unit-variance pixels

@@ -28,13 +28,15 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
-import torchvision.transforms as T
-import torchvision.transforms.functional as F
 from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
 from utilities.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torchvision.transforms as T
 
 BILINEAR = Image.Resampling.BILINEAR
 DRAFT_SCALES = (8, 4, 2)
@@ -145,6 +147,8 @@ class RandomResizedCropFast:
         self.scale, self.ratio = (0.08, 1.0), (3.0 / 4.0, 4.0 / 3.0)
 
     def __call__(self, img: Image.Image) -> Image.Image:
+        import torchvision.transforms as T  # lazy (imports all of torchvision): see build_transforms
+
         top, left, h, w = T.RandomResizedCrop.get_params(img, self.scale, self.ratio)
         if isinstance(img, torch.Tensor):  # cached uint8 image: torch's antialiased bilinear
             return _resize_uint8(img[:, top : top + h, left : left + w], self.size, self.size)
@@ -168,6 +172,8 @@ class ResizeFast:
 
 
 def to_uint8(img: Image.Image | torch.Tensor) -> torch.Tensor:
+    import torchvision.transforms.functional as F  # lazy: see build_transforms
+
     return img.contiguous() if isinstance(img, torch.Tensor) else F.pil_to_tensor(_rgb(img))
 
 
@@ -202,6 +208,10 @@ def build_transforms(
 ) -> tuple[ImageTransform, ImageTransform]:
     """(train transform, eval transform) for ``--augmentation``, crop size and eval resize;
     ``dataset`` names the dataset in the message of an image that cannot be decoded."""
+    # lazy: any torchvision import loads torchvision.models, seconds of CPU that --help and
+    # configuration errors skip
+    import torchvision.transforms as T
+
     if augmentation == "big":
         crop = resize
     flip = T.RandomHorizontalFlip(0.5)
@@ -225,6 +235,8 @@ def build_transforms(
 def torchvision_reference(augmentation: str, crop: int, resize: int = 256) -> tuple[T.Compose, T.Compose]:
     """The plain torchvision pipelines (uint8 output) that :func:`build_transforms` reproduces;
     used by tests and ``benchmarks/bench_loader.py`` as the baseline."""
+    import torchvision.transforms as T  # lazy: see build_transforms
+
     if augmentation == "big":
         crop = resize
     rrc, flip = T.RandomResizedCrop(crop), T.RandomHorizontalFlip(0.5)

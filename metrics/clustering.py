@@ -24,7 +24,6 @@ in the :class:`~metrics.context.EvalContext` (``c_*``: spherical k-means on L2-n
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import gammaln
 
 from metrics.context import EvalContext
 
@@ -65,6 +64,8 @@ def expected_mutual_information(a: np.ndarray, b: np.ndarray) -> float:
 
     Σ_ij Σ_n (n/N) log(N n / (a_i b_j)) · a_i! b_j! (N−a_i)! (N−b_j)! / (N! n! (a_i−n)! (b_j−n)!
     (N−a_i−b_j+n)!), n from max(1, a_i+b_j−N) to min(a_i, b_j), grouped by distinct sizes."""
+    from scipy.special import gammaln  # lazy: scipy costs a second of CPU that --help skips
+
     n_total = int(a.sum())
     ua, ca = np.unique(a, return_counts=True)
     ub, cb = np.unique(b, return_counts=True)

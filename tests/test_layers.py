@@ -35,8 +35,15 @@ LAYER = {
 PROJECT = {name.split(".")[0] for name in LAYER}
 ALLOWED_SIDEWAYS = {("batch_mining", "criteria._common")}
 # imports that may sit inside a function, each for a reason that holds: a slow optional dependency
-# only some runs need, or a backend that must be chosen before its first import
+# only some runs need, a library whose import costs seconds that `main.py --help` and configuration
+# errors must not pay (tests/test_import_time.py), or a backend that must be chosen before its first
+# import. Lazy imports of project modules obey the same layer rules as those at module top.
 LAZY_OK = {
+    "torchvision.models",  # any torchvision import loads torchvision.models and torch._dynamo
+    "torchvision.transforms",
+    "torchvision.transforms.functional",
+    "sklearn.datasets",  # the embedded digits dataset; sklearn pulls scipy and pandas
+    "scipy.special",  # NMI's expected mutual information
     "wandb",
     "matplotlib",
     "matplotlib.pyplot",
@@ -131,7 +138,8 @@ def test_imports_point_down_and_sit_at_module_top(module, path):
 def test_the_layer_check_catches_an_upward_import(tmp_path):
     """The test above can fail: a fake utilities module importing a plugin is flagged."""
     fake = tmp_path / "bad.py"
-    fake.write_text("import criteria\n\ndef f():\n    from utilities import errors\n")
+    fake.write_text("import criteria\n\ndef f():\n    from utilities import errors\n    import datasets\n")
     found = _imports(fake, "utilities.bad")
     assert ("criteria", True, 1) in found and ("utilities.errors", False, 4) in found
+    assert ("datasets", False, 5) in found  # a lazy import is found, and layer-checked like the others
     assert _layer_of("criteria")[1] > _layer_of("utilities.bad")[1]
