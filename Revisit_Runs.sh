@@ -27,6 +27,15 @@
 #   EXTRA_ARGS  appended to every command, so they override the study's flags (e.g. "--n_epochs 1")
 #   LOG_ONLINE  1: also log to W&B (project RevisitDML; the key comes from WANDB_API_KEY or
 #               `wandb login`); default: local run folders only
+#   CV_FOLDS    K > 1: every run becomes K class-disjoint cross-validation folds, main.py --cv_folds K
+#               --cv_fold i (i = 0..K-1), each a normal run of group <group>_f<i> in the folder
+#               <group>_f<i>_s<seed>, its epoch selected on the held-out fold (the digits sweep drops
+#               its --use_tv_split). Each fold is its own --group, so Result_Evaluations.py never
+#               takes the folds of a seed for reruns of it. Then, per seed:
+#               python -m evaluation --ensemble <save_path>/<dataset>/<group>_f{0..K-1}_s<seed>
+#               Default 0: no folds (the study's runs)
+#   CV_SCHEME   --cv_scheme of the folds: random (default, seeded by --seed) or mlrc (the folds of
+#               A Metric Learning Reality Check; use CV_FOLDS=4)
 #
 # "run" skips a run whose summary.json exists (finished) and resumes one whose folder exists
 # without it (killed: main.py --resume continues from its last epoch checkpoint), so the script
@@ -41,7 +50,7 @@
 # The study's flags are otherwise unchanged (bs 112, 2 samples per class, lr 1e-5, no LR decay,
 # 150 epochs, SOP 100). Note: like the study, these runs select the epoch on the TEST split
 # (no --use_tv_split); summary.json and Result_Evaluations.py label it. Add EXTRA_ARGS=--use_tv_split
-# to select on a validation split instead.
+# (or CV_FOLDS=4) to select on a validation split instead.
 
 set -uo pipefail
 
@@ -110,9 +119,12 @@ prefix() {  # dataset, regularised(0/1) -> group prefix
 # Prints "<dataset>|<group>|<seed>|<flags>" for every selected run.
 runs() {
     local datasets=$1 only_group=$2 ds line name flags reg group seed seeds epochs source
+    local folds=${CV_FOLDS:-0} scheme=${CV_SCHEME:-random} fold
     for ds in $datasets; do
         if [[ $ds == digits ]]; then
             seeds=${SEEDS:-"0 1"} epochs=20 source="--lr 1e-3 --bs 100 --samples_per_class 4 --kernels 0 --embed_dim 64 --use_tv_split --tv_split_by_samples --storage_metrics mAP@R e_recall@1"
+            # the held-out fold is the validation split (main.py refuses both)
+            [[ $folds -gt 1 ]] && source=${source/ --use_tv_split --tv_split_by_samples/}
         else
             seeds=${SEEDS:-"0 1 2 3 4"} source="$COMMON --source \$datapath"
             [[ $ds == online_products ]] && epochs=100 || epochs=150
@@ -123,7 +135,13 @@ runs() {
             group="$(prefix "$ds" $reg)$name"
             [[ -n $only_group && " $only_group " != *" $group "* ]] && continue
             for seed in $seeds; do
-                echo "$ds|$group|$seed|--dataset $ds $flags --n_epochs $epochs $source --seed $seed --group $group --savename ${group}_s$seed"
+                if [[ $folds -le 1 ]]; then
+                    echo "$ds|$group|$seed|--dataset $ds $flags --n_epochs $epochs $source --seed $seed --group $group --savename ${group}_s$seed"
+                    continue
+                fi
+                for ((fold = 0; fold < folds; fold++)); do
+                    echo "$ds|${group}_f$fold|$seed|--dataset $ds $flags --n_epochs $epochs $source --seed $seed --group ${group}_f$fold --savename ${group}_f${fold}_s$seed --cv_folds $folds --cv_fold $fold --cv_scheme $scheme"
+                done
             done
         done < <(if [[ $ds == digits ]]; then digits_methods; else study_methods "$ds"; fi)
     done
@@ -131,6 +149,13 @@ runs() {
 
 main() {
     local cmd=${1:-list} dataset=${2:-all} group=${3:-} datasets
+    if [[ ! ${CV_FOLDS:-0} =~ ^(0|[1-9][0-9]*)$ ]]; then
+        echo "CV_FOLDS must be a number of folds (0 or 1: none), got '$CV_FOLDS'" >&2; exit 2
+    fi
+    case ${CV_SCHEME:-random} in
+        random|mlrc) ;;
+        *) echo "CV_SCHEME must be random or mlrc, got '$CV_SCHEME'" >&2; exit 2 ;;
+    esac
     case $dataset in
         all) datasets="cub200 cars196 online_products" ;;
         cub200|cars196|online_products|digits) datasets=$dataset ;;
@@ -150,7 +175,7 @@ main() {
     all=$(runs "$datasets" "$group")
     if [[ -z $all ]]; then echo "no run matches dataset '$dataset' group '$group'" >&2; exit 2; fi
     case $cmd in
-        groups) cut -d'|' -f2 <<< "$all" | uniq ;;
+        groups) cut -d'|' -f2 <<< "$all" | awk '!seen[$0]++' ;;  # folds interleave with seeds
         list)
             while IFS='|' read -r ds g seed flags; do
                 echo "$launch $flags --save_path $save $online $extra" | tr -s ' ' | sed 's/ $//'

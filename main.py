@@ -3,6 +3,8 @@
 parse -> processes -> seed -> data -> sampler -> miner -> criterion -> model -> optimiser ->
 logger -> for each epoch: train, evaluate (test; validation; train unless --no_train_metrics), log,
 checkpoint -> summary.json. Configuration errors end with one line on stderr and exit code 2.
+The console gets one short line per epoch (evaluation/console.py; every metric goes to the run
+folder) and, on a terminal, one progress bar with the run's ETA (utilities/progress.py).
 
 ``torchrun --nproc_per_node N main.py ...`` runs the same experiment on N processes (see
 utilities/distributed.py): the same global ``--bs`` batches, losses on the gathered batch, summed
@@ -34,14 +36,15 @@ from evaluation import (
     embed,
     evaluate_checkpoint,
     evaluate_splits,
-    format_results,
     should_evaluate,
 )
+from evaluation.console import epoch_line, selected_line, shown_metrics
 from evaluation.selection import improved, selection_key, selection_split, summary
-from utilities import checkpoint, distributed
+from utilities import checkpoint, distributed, resources
 from utilities.cli import announce_run, run_entry_point, setup_logging
 from utilities.faults import kill_point, train_iterable
 from utilities.logger import RunLogger, SilentLogger, public_args
+from utilities.progress import Progress
 from utilities.seeding import GeneratorState, GlobalRNG, resolve_device, seed_everything
 from utilities.training import build_optimizer, build_scheduler, make_loader, train_one_epoch
 
@@ -89,8 +92,11 @@ def main(argv: list[str] | None = None) -> dict:
     model = architectures.select(opt.arch, opt)
     model = (distributed.convert_sync_bn(model, dist) if opt.sync_bn else model).to(device)
     new_logger = (lambda: RunLogger(opt)) if dist.is_main else SilentLogger
+    progress = Progress.for_run(opt, dist)  # one bar on a terminal (rank 0), none otherwise
     if opt.evaluate_only:
-        return evaluate_checkpoint(model, state, eval_loaders, opt, device, metric_device, new_logger, dist)
+        return evaluate_checkpoint(
+            model, state, eval_loaders, opt, device, metric_device, new_logger, dist, progress
+        )
     optimizer = build_optimizer(model, criterion, opt)
     scheduler = build_scheduler(optimizer, opt)
     parts = {  # every stateful object of the run, each saved by itself; the process RNGs last
@@ -103,11 +109,11 @@ def main(argv: list[str] | None = None) -> dict:
         "rng": distributed.PerRank(GlobalRNG(), dist),  # one state per rank
     }
     history: dict[str, list[dict | None]] = {s: [] for s in eval_loaders}
-    best_epoch, start_epoch, wall_before = None, 0, 0.0
+    best_epoch, start_epoch, wall_before, peak_memory = None, 0, 0.0, None
     if state is not None:  # --resume: continue after the last completed epoch
         checkpoint.restore(state, parts, source=Path(opt.resume) / "checkpoint_last.pt")
         history, best_epoch, wall_before = state["history"], state["best_epoch"], state["wall_time"]
-        start_epoch = state["epoch"] + 1
+        start_epoch, peak_memory = state["epoch"] + 1, state.get("peak_memory")
     train_model = distributed.wrap_model(model, dist, device)  # DDP (summed gradients) under torchrun
     if dist.active and not opt.sync_bn and distributed.batchnorm_in_train_mode(model):
         log.warning(
@@ -127,6 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
         logger.restore(state["rows"])
         log.info(f"Resumed after epoch {state['epoch']}")
     select_on, select_metric = selection_split(list(eval_loaders)), opt.storage_metrics[0]
+    shown = shown_metrics(opt.console_metrics, opt.evaluation_metrics, select_metric)  # on the console
     announce_run(logger.folder)  # Ctrl-C from here on says how to continue
     log.info(f"Run folder: {logger.folder}")
     log.info(
@@ -137,6 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- train ------------------------------------------------------------------------------------
     for epoch in range(start_epoch, opt.n_epochs):
+        progress.start_epoch(epoch)
         train_set.set_epoch(opt.seed, epoch)  # augmentation keyed on (seed, epoch, sample)
         stats = train_one_epoch(
             train_model,
@@ -146,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
             device,
             epoch=epoch,
             sampler=sampler,
-            progress=not opt.no_progress and dist.is_main,
+            progress=progress,
             last_good=logger.folder / "checkpoint_last.pt",
             dist=dist,
         )
@@ -162,20 +170,21 @@ def main(argv: list[str] | None = None) -> dict:
             epoch=epoch,
             only=due,
             dist=dist,
+            progress=progress,
         )
-        line = [f"Epoch {epoch}: loss {stats['loss']:.4f} ({stats['train_time']:.1f}s)"]
         for split, res in results.items():
             history[split].append(res)  # None for a skipped split keeps the history per epoch
             if res is not None:
                 logger.log(epoch, split, res)
-                line.append(f"{split}: " + format_results(res, opt.evaluation_metrics))
-        log.info(" | ".join(line))
+        progress.end_epoch()
+        log.info(epoch_line(epoch, stats, results, shown, eta=progress.eta()))
         scheduler.step()
         kill_point(f"logged:{epoch}")
 
         scores = [selection_key(r, opt.storage_metrics) for r in history[select_on]]
         if improved(scores[:-1], scores[-1]):
             best_epoch = epoch
+        peak_memory = resources.peak_memory(device, dist, peak_memory)  # a collective under torchrun
         saved = checkpoint.gather(
             parts,
             epoch=epoch,
@@ -183,6 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
             history=history,
             best_epoch=best_epoch,
             wall_time=wall_before + time.time() - wall_start,
+            peak_memory=peak_memory,
             args=public_args(opt),
         )  # a collective under torchrun (every rank's RNG state); rank 0 writes
         if dist.is_main and best_epoch == epoch:  # best before last: a crash in between redoes this epoch
@@ -192,20 +202,23 @@ def main(argv: list[str] | None = None) -> dict:
         kill_point(f"saved:{epoch}")
 
     # ---- summary ----------------------------------------------------------------------------------
+    progress.close()
+    wall_time = wall_before + time.time() - wall_start
     result = summary(
         history,
         best_epoch,
         select_on,
         select_metric,
-        wall_time=wall_before + time.time() - wall_start,
+        wall_time=wall_time,
         n_epochs=opt.n_epochs,
         tie_breakers=opt.storage_metrics[1:],
     )
     result["splits"] = split_info
+    peak_memory = resources.peak_memory(device, dist, peak_memory)
+    result["compute"] = resources.compute_summary(logger.rows, peak_memory, wall_time)  # images/s, memory
     logger.summary(result)
     if best_epoch is not None:
-        best = format_results(result["metrics"]["testing"], opt.evaluation_metrics)
-        log.info(f"Selected epoch {best_epoch} on {select_on} {select_metric}; testing: {best}")
+        log.info(selected_line(best_epoch, select_on, select_metric, result["metrics"]["testing"], shown))
     distributed.shutdown(dist)
     return result
 

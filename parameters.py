@@ -17,15 +17,19 @@ import argparse
 import json
 import math
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 import architectures
 import batch_mining
 import criteria
 import datasampler
 import datasets
+from evaluation.console import DEFAULT_CONSOLE_METRICS
 from evaluation.options import add_evaluation_args, add_setup_args, metric_name, metrics_for
 from utilities import checkpoint, distributed
 from utilities.cli import HelpFormatter, explicit_flags, stored_namespace
@@ -110,6 +114,23 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> None:
     )
     data.add_argument(
         "--tv_split_perc", type=finite_float, default=0.8, help="training fraction of the train/val split"
+    )
+    data.add_argument(
+        "--cv_folds",
+        type=non_negative_int,
+        default=0,
+        help="K > 1: split the training classes into K class-disjoint folds, train on K-1 and select "
+        "epochs on fold --cv_fold (the test split is untouched); 0 or 1: off; excludes --use_tv_split",
+    )
+    data.add_argument(
+        "--cv_fold", type=non_negative_int, default=0, help="the validation fold of --cv_folds (0..K-1)"
+    )
+    data.add_argument(
+        "--cv_scheme",
+        default="random",
+        choices=["random", "mlrc"],
+        help="random: seeded by --seed (SOP: within each super-class); mlrc: the folds of A Metric "
+        "Learning Reality Check (class order, its rounding and fold order)",
     )
     data.add_argument(
         "--augmentation",
@@ -247,7 +268,19 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> None:
         default=os.path.join(os.getcwd(), "Training_Results"),
         help="run folders go to <save_path>/<dataset>/<run name>",
     )
-    setup.add_argument("--no_progress", action="store_true", help="no tqdm progress bars")
+    setup.add_argument(
+        "--no_progress",
+        action="store_true",
+        help="no progress bar (none is drawn anyway when stderr is not a terminal)",
+    )
+    setup.add_argument(
+        "--console_metrics",
+        nargs="+",
+        type=metric_name,
+        default=DEFAULT_CONSOLE_METRICS,
+        help="metrics of each split on the per-epoch console line (those computed; every metric "
+        "goes to metrics.csv)",
+    )
     setup.add_argument(
         "--resume",
         default="",
@@ -264,6 +297,13 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> None:
         default="",
         metavar="PATH",
         help="checkpoint_*.pt for --evaluate_only (its run's flags are used unless given)",
+    )
+    setup.add_argument(
+        "--config",
+        default="",
+        metavar="FILE",
+        help="start from a stored configuration: a run's args.json (or its folder) or a YAML/JSON "
+        "mapping of flag names to values; flags given on the command line override it",
     )
 
 
@@ -321,6 +361,16 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return with_presets(build_parser().parse_args(argv))
 
 
+def check_plugin_names(opt: argparse.Namespace) -> None:
+    """An unknown loss, miner, sampler or backbone is a one-line error when the command line is
+    parsed, before any data is read or model built (argparse cannot list the choices up front:
+    the registries accept composed names such as ``resnet50_frozen_normalize``)."""
+    criteria.REGISTRY.get(opt.loss)
+    batch_mining.REGISTRY.get(opt.batch_mining)
+    datasampler.REGISTRY.get(opt.data_sampler)
+    architectures.check_arch(opt.arch)
+
+
 def with_presets(opt: argparse.Namespace) -> argparse.Namespace:
     """Fill the defaults that depend on the dataset: without ``--evaluation_metrics``, the study's
     metric list with the Recall@k ranks of ``--dataset`` (recorded resolved in args.json)."""
@@ -339,6 +389,7 @@ RESUME_OVERRIDABLE = {
     "device",
     "gpu",
     "no_progress",
+    "console_metrics",
     "n_epochs",
     "log_online",
     "evaluate_on_gpu",
@@ -362,8 +413,16 @@ def parse_run(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[s
     run folder is free (not locked by another process) and that the results can be written."""
     parser = build_parser()
     opt = parser.parse_args(argv)
+    if opt.config:
+        if opt.resume:
+            raise ConfigError(
+                "--config and --resume exclude each other (--resume uses the run's stored flags)"
+            )
+        argv = [*config_argv(parser, opt.config), *(sys.argv[1:] if argv is None else argv)]
+        opt = parser.parse_args(argv)
     if not (opt.resume or opt.evaluate_only):  # those take the stored run's list
         opt = with_presets(opt)
+        check_plugin_names(opt)
     if opt.resume and opt.evaluate_only:
         raise ConfigError("--resume and --evaluate_only exclude each other")
     if opt.resume:
@@ -374,6 +433,56 @@ def parse_run(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[s
         new, state = opt, None
     check_writable(Path(new.save_path) / new.dataset)
     return new, state
+
+
+# args.json keys that record the process, not the experiment: a --config file never sets them.
+CONFIG_SKIPPED = NOT_RESTORED | {"config", "world_size", "process_group"}
+
+
+def config_argv(parser: argparse.ArgumentParser, source: str) -> list[str]:
+    """The command-line tokens that set the flags stored in ``source`` (an args.json, a run folder
+    holding one, or a YAML/JSON mapping ``flag: value``). Going through the parser again checks
+    every value as if typed; flags after these tokens override them. A key that is not a flag of
+    this version is an error (the run could not be reproduced as stored)."""
+    path = Path(source)
+    path = path / "args.json" if path.is_dir() else path
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    try:
+        text = path.read_text()
+        data = yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else json.loads(text)
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        raise ConfigError(f"--config {path}: cannot read it: {str(err).splitlines()[0]}") from None
+    if isinstance(data, dict) and isinstance(data.get("args"), dict):  # a run's args.json
+        data = data["args"]
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of flag names to values")
+    actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest != "help"}
+    keys = {str(k): str(k).lstrip("-").replace("-", "_") for k in data}
+    unknown = [k for k, dest in keys.items() if dest not in actions and dest not in CONFIG_SKIPPED]
+    if unknown:
+        raise ConfigError(f"--config {path}: not flags of this main.py: {', '.join(sorted(unknown))}")
+    tokens: list[str] = []
+    for key, value in data.items():
+        dest = keys[str(key)]
+        if dest in CONFIG_SKIPPED or value is None:
+            continue
+        action = actions[dest]
+        flag = f"--{dest}" if f"--{dest}" in action.option_strings else action.option_strings[-1]
+        if isinstance(action, argparse._StoreTrueAction | argparse.BooleanOptionalAction):
+            if not isinstance(value, bool):
+                raise ConfigError(f"--config {path}: {key} is a switch; give true or false, not {value!r}")
+            if isinstance(action, argparse.BooleanOptionalAction):
+                tokens += [f"--{dest}" if value else f"--no-{dest}"]
+            else:
+                tokens += [flag] if value else []
+        elif isinstance(value, list):
+            tokens += [flag, *map(str, value)] if value else []
+        elif isinstance(value, dict | bool):
+            raise ConfigError(f"--config {path}: {key}: {value!r} is not a value of {flag}")
+        else:
+            tokens += [flag, str(value)]
+    return tokens
 
 
 def _resume_namespace(

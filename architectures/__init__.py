@@ -47,6 +47,11 @@ def select(arch: str, opt: argparse.Namespace) -> EmbeddingNet:
     return model.set_precision(opt.amp, opt.channels_last)
 
 
+def check_arch(arch: str) -> None:
+    """Refuse an ``--arch`` whose backbone or modifiers are unknown (a one-line ConfigError)."""
+    REGISTRY.get(parse_arch(arch).backbone)
+
+
 def check_pretrained_path(arch: str, pretrained_path: str) -> None:
     """Refuse ``--pretrained_path`` for a backbone without pretrained weights (``smallcnn``);
     needs only the flags, so it can run when the command line is parsed."""

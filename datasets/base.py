@@ -6,11 +6,18 @@ Every dataset plugin returns a dict of splits:
 * ``training``: training classes, training transforms (what the batch sampler draws from);
 * ``evaluation``: training classes, evaluation transforms (train-set metrics, sampler storage);
 * ``testing``: the unseen test classes, evaluation transforms;
-* ``validation``: with ``--use_tv_split`` only, evaluation transforms.
+* ``validation``: with ``--use_tv_split`` or ``--cv_folds`` only, evaluation transforms.
 
 Each split is a :class:`SplitDataset` whose items are ``(image, label, index)`` and whose
 ``labels`` are re-indexed to 0..C-1 **per split**. A split may carry ``is_query`` / ``is_gallery``
 boolean masks (query/gallery protocol, e.g. In-Shop); without them evaluation is leave-one-out.
+
+**Class-disjoint K-fold cross-validation** (``--cv_folds K --cv_fold i``, :func:`cv_fold_masks`): the
+training classes are dealt into K class-disjoint folds; fold ``i`` is the ``validation`` split (it
+selects the epoch) and the other K−1 folds are ``training`` / ``evaluation``; the test split is never
+touched. ``--cv_scheme random`` deals seeded random folds (within each super-class where the dataset
+has them, SOP); ``--cv_scheme mlrc`` reproduces the folds of "A Metric Learning Reality Check"
+(Musgrave, Belongie, Lim, ECCV 2020), see :func:`mlrc_validation_folds`.
 
 Plugins take their context keyword-only: ``source_path`` (str), ``split`` (:class:`SplitOptions`)
 and ``images`` (:class:`ImageOptions`), each only if it uses it; ``datasets.select`` builds them
@@ -22,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import re
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -44,13 +51,25 @@ from utilities.errors import ConfigError
 @dataclass(frozen=True)
 class SplitOptions:
     """How the training set is split and checked (``--use_tv_split``, ``--tv_split_perc``,
-    ``--tv_split_by_samples``, ``--samples_per_class``, ``--seed``)."""
+    ``--tv_split_by_samples``, ``--samples_per_class``, ``--seed``, ``--cv_folds``, ``--cv_fold``,
+    ``--cv_scheme``). A fold that does not exist, or folds together with ``--use_tv_split``, is a
+    :class:`ConfigError` as soon as the options are built (before any data is read)."""
 
     use_tv_split: bool
     tv_split_perc: float
     tv_split_by_samples: bool
     samples_per_class: int
     seed: int
+    cv_folds: int = 0  # 0 or 1: no cross-validation
+    cv_fold: int = 0
+    cv_scheme: str = "random"
+
+    def __post_init__(self) -> None:
+        check_cv_options(self.cv_folds, self.cv_fold, self.cv_scheme, self.use_tv_split)
+
+    @property
+    def cross_validation(self) -> bool:
+        return self.cv_folds > 1
 
 
 @dataclass(frozen=True)
@@ -91,6 +110,22 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return h >> 1
 
 
+class EpochKeyedBatches:
+    """Batches of ``(epoch, index)`` keys (see :meth:`SplitDataset.keyed_batches`); plain indices
+    while the dataset has no epoch set. Length, state and hooks stay with the wrapped sampler."""
+
+    def __init__(self, batch_sampler: Iterable[list[int]], dataset: SplitDataset) -> None:
+        self.batch_sampler, self.dataset = batch_sampler, dataset
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        key = self.dataset.augment_key
+        for batch in self.batch_sampler:
+            yield list(batch) if key is None else [(key[1], int(i)) for i in batch]
+
+
 class SplitDataset(torch.utils.data.Dataset):
     """Items ``(image, label, index)`` from a loader function over ``samples``."""
 
@@ -115,6 +150,7 @@ class SplitDataset(torch.utils.data.Dataset):
         self.is_gallery = None if is_gallery is None else torch.as_tensor(is_gallery, dtype=torch.bool)
         self.name = name
         self.augment_key: tuple[int, int] | None = None
+        self.cv: dict[str, Any] | None = None  # its --cv_folds fold, recorded by split_summary
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -125,18 +161,29 @@ class SplitDataset(torch.utils.data.Dataset):
         The training loop calls this before each epoch. The random crop / flip / shift an image
         gets then no longer depends on which DataLoader worker or which process (under torchrun)
         loads it, nor on what was loaded before it: ``--kernels`` and the number of processes
-        leave the augmentation, and so the run, unchanged. Set in the main process before the
-        epoch's workers start (they are not persistent), so every worker sees the epoch."""
+        leave the augmentation, and so the run, unchanged. Set in the main process; DataLoader
+        workers learn the epoch from the ``(epoch, index)`` keys of :meth:`keyed_batches`."""
         self.augment_key = (int(seed), int(epoch))
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+    def keyed_batches(self, batch_sampler: Iterable[list[int]]) -> EpochKeyedBatches:
+        """``batch_sampler`` with each index sent as ``(epoch, index)``, the epoch read from
+        :meth:`set_epoch` when an epoch's iteration starts (in the main process). Persistent
+        DataLoader workers, which keep the dataset copy of the epoch they were started in, then
+        still augment every epoch as :meth:`set_epoch` says."""
+        return EpochKeyedBatches(batch_sampler, self)
+
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+        epoch = None
+        if isinstance(index, tuple):  # (epoch, index) from keyed_batches
+            epoch, index = index
         image = self.load(self.samples[index])
         if self.transform is not None:
             if self.augment_key is None:
                 image = self.transform(image)
             else:  # a private torch RNG stream per (seed, epoch, sample); the global state is kept
+                seed, own_epoch = self.augment_key
                 with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(sample_seed(*self.augment_key, index))
+                    torch.manual_seed(sample_seed(seed, own_epoch if epoch is None else epoch, index))
                     image = self.transform(image)
         return image, int(self.labels[index]), index
 
@@ -156,7 +203,8 @@ def split_summary(splits: dict[str, SplitDataset]) -> dict[str, dict[str, Any]]:
     """Images and classes of every split (query / gallery counts where the split has them) and a
     hash of its membership: 16 hex digits of the SHA-256 of the sorted (last two path components
     of each sample, label) pairs, so the same class split gives the same hash on any machine and
-    any other split (another --seed for the validation split, another dataset release) does not."""
+    any other split (another --seed for the validation split, another dataset release) does not.
+    Splits of a cross-validation fold also record it (``cv``: scheme, folds, fold, seed)."""
     out: dict[str, dict[str, Any]] = {}
     for name, split in splits.items():
         entries = sorted(
@@ -169,6 +217,8 @@ def split_summary(splits: dict[str, SplitDataset]) -> dict[str, dict[str, Any]]:
         if split.is_gallery is not None:
             info["gallery"] = int(split.is_gallery.sum())
         info["hash"] = hashlib.sha256("\n".join(entries).encode()).hexdigest()[:16]
+        if split.cv is not None:
+            info["cv"] = dict(split.cv)
         out[name] = info
     return out
 
@@ -218,6 +268,117 @@ def train_val_masks(
     return train, ~train
 
 
+# ---- class-disjoint K-fold cross-validation (--cv_folds) -----------------------------------------
+
+CV_SCHEMES = ("random", "mlrc")
+
+
+def check_cv_options(folds: int, fold: int, scheme: str, use_tv_split: bool) -> None:
+    """The fold flags make sense together: a fold that exists, and no second validation split."""
+    if scheme not in CV_SCHEMES:
+        raise ConfigError(f"--cv_scheme {scheme!r}: one of {', '.join(CV_SCHEMES)}")
+    if folds < 0 or fold < 0:
+        raise ConfigError(f"--cv_folds {folds} --cv_fold {fold}: both must be >= 0")
+    if folds <= 1:
+        if fold != 0:  # a fold number without folds is a forgotten --cv_folds, not a request for no CV
+            raise ConfigError(f"--cv_fold {fold} needs --cv_folds K > 1 (the number of folds)")
+        return
+    if use_tv_split:
+        raise ConfigError(
+            f"--cv_folds {folds} and --use_tv_split exclude each other: with folds the validation "
+            f"split is the held-out fold --cv_fold"
+        )
+    if fold >= folds:
+        raise ConfigError(f"--cv_fold {fold}: the folds of --cv_folds {folds} are 0..{folds - 1}")
+
+
+def random_validation_folds(
+    n_classes: int, folds: int, seed: int, class_groups: np.ndarray | None = None
+) -> np.ndarray:
+    """The fold (0..K-1) of each of ``n_classes`` classes for ``--cv_scheme random``.
+
+    The classes are shuffled (seeded) within each group (``class_groups``: the super-class of each
+    class, SOP; one group without) and dealt round-robin, the count running on across groups: every
+    fold gets ⌊C/K⌋ or ⌈C/K⌉ classes, and every super-class is spread evenly over the folds (as
+    ``--use_tv_split`` keeps every super-class on both sides)."""
+    rng = np.random.default_rng(seed)
+    groups = np.zeros(n_classes, dtype=np.int64) if class_groups is None else np.asarray(class_groups)
+    out = np.empty(n_classes, dtype=np.int64)
+    dealt = 0
+    for g in np.unique(groups):
+        members = rng.permutation(np.flatnonzero(groups == g))
+        out[members] = (dealt + np.arange(len(members))) % folds
+        dealt += len(members)
+    return out
+
+
+def mlrc_validation_folds(n_train: int, n_total: int, folds: int) -> np.ndarray:
+    """The validation partition (0..K-1, or -1: never validated) of each of the ``n_train`` training
+    classes, in sorted class order, as the Reality Check's ``MLRCSplitManager`` assigns it.
+
+    Evidence: powerful-benchmarker (Musgrave), branch ``metric-learning``,
+    ``src/powerful_benchmarker/split_managers/mlrc_split_manager.py`` (``get_trainval_and_test``,
+    ``get_kfold_generator``); ``docs/papers/mlrc.md`` reproduces the paper's runs with
+    ``--split_manager~SWAP~1 {MLRCSplitManager: {}}`` and ``configs/config_dataset/default.yaml``
+    sets ``test_size: 0.5``, ``num_training_partitions: 4`` (``docs/code/split_managers.md``: "the
+    same as ClassDisjointSplitManager, but with some differences in rounding and cross-validation
+    fold order").
+
+    Over the N sorted class ids of the whole dataset, with K partitions: the first ``t = int(0.5·N)``
+    classes are train+val (the rest test), ``v = int(N·0.5/K)`` classes validate and ``r = N − t − v``
+    train; partition ``p`` trains on the ``r`` classes from position ``int(p/K·t)`` on and validates on
+    the next ``v``, wrapping around the ``t`` train+val classes. So partition 0 validates on the *last*
+    quarter and partition p ≥ 1 on quarter p−1 (CUB200, t = 100: 75-99, 0-24, 25-49, 50-74 of the
+    0-based training classes), and where K·v < t a few classes are never validated and train in every
+    fold (0-based positions; CARS196: t = 98, v = 24, classes 24 and 73; SOP: t = 11,317, v = 2,829,
+    class 8,487).
+
+    Here N = training + test classes, the training classes taken to be the first ones in id order
+    (CUB200, CARS196, SOP and digits split that way). Deviation, SOP only: the official split has
+    11,318 training classes, one more than MLRC's t = 11,317; that class (position 11,317, id 11,318;
+    MLRC tests on it) stays a training class here, in every fold, so that the test split remains the official one."""
+    t = int(n_total * (1 - 0.5))
+    v = int(n_total * ((1.0 / folds) * (1 - 0.5)))
+    r = n_total - t - v
+    out = np.full(n_train, -1, dtype=np.int64)
+    if t == 0:
+        return out
+    for p in range(folds):
+        start = int((float(p) / folds) * t)
+        val = (start + r + np.arange(v)) % t
+        val = val[val < n_train]  # positions past the training classes would be test classes
+        if (out[val] >= 0).any():
+            raise AssertionError(f"MLRC folds overlap (n_total {n_total}, folds {folds})")
+        out[val] = p
+    return out
+
+
+def cv_fold_masks(
+    labels: np.ndarray, split: SplitOptions, groups: np.ndarray | None = None, n_test_classes: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean (train, val) masks over the training ``labels`` for ``--cv_folds K --cv_fold i``:
+    fold i's classes validate, the other K−1 folds (and, ``mlrc``, classes it never validates)
+    train. ``groups``: per-sample super-class ids (SOP; ``random`` only); ``n_test_classes``: the
+    test split's class count (``mlrc`` counts the classes of the whole dataset)."""
+    labels = np.asarray(labels)
+    classes, first = np.unique(labels, return_index=True)
+    k, i = split.cv_folds, split.cv_fold
+    if len(classes) < k:
+        raise ConfigError(f"--cv_folds {k}: only {len(classes)} training classes, fewer than the folds")
+    if split.cv_scheme == "mlrc":
+        fold_of = mlrc_validation_folds(len(classes), len(classes) + n_test_classes, k)
+    else:
+        class_groups = None if groups is None else np.asarray(groups)[first]
+        fold_of = random_validation_folds(len(classes), k, split.seed, class_groups)
+    val = np.isin(labels, classes[fold_of == i])
+    if not val.any() or val.all():
+        raise ConfigError(
+            f"--cv_folds {k} --cv_fold {i} ({split.cv_scheme}): the fold leaves no validation or no "
+            f"training class ({len(classes)} training classes)"
+        )
+    return ~val, val
+
+
 def make_splits(
     train: SplitDataset,
     test: SplitDataset,
@@ -229,12 +390,18 @@ def make_splits(
     groups: np.ndarray | None = None,
     validation: SplitDataset | None = None,
 ) -> dict[str, SplitDataset]:
-    """Assemble the split dict of ``dataset`` from full train/test sets (applies ``--use_tv_split``).
+    """Assemble the split dict of ``dataset`` from full train/test sets (applies ``--use_tv_split``
+    or the fold of ``--cv_folds``).
 
     ``groups``: per-training-sample super-class ids for a class split within super-classes;
     ``validation``: a validation set given by the dataset itself (the ``csv`` plugin), used
     instead of carving one out of the training classes."""
     splits: dict[str, SplitDataset] = {}
+    if validation is not None and split.cross_validation:
+        raise ConfigError(
+            f"--cv_folds {split.cv_folds}: {dataset} brings its own validation split; folds are carved "
+            f"out of the training classes only where the dataset has none"
+        )
     if validation is not None:
         validation.transform, validation.name = eval_transform, "validation"
         splits["validation"] = validation
@@ -244,10 +411,20 @@ def make_splits(
         )
         splits["validation"] = train.subset(va, eval_transform, name="validation")
         train = train.subset(tr, name="training")
+    elif split.cross_validation:
+        tr, va = cv_fold_masks(train.labels.numpy(), split, groups, n_test_classes=test.n_classes)
+        splits["validation"] = train.subset(va, eval_transform, name="validation")
+        train = train.subset(tr, name="training")
     splits["training"] = train.subset(np.ones(len(train), bool), train_transform, name="training")
     splits["evaluation"] = train.subset(np.ones(len(train), bool), eval_transform, name="evaluation")
     splits["testing"] = test
     test.transform, test.name = eval_transform, "testing"
+    if split.cross_validation:
+        fold = {"scheme": split.cv_scheme, "folds": split.cv_folds, "fold": split.cv_fold}
+        if split.cv_scheme == "random":
+            fold["seed"] = split.seed
+        for name in ("training", "evaluation", "validation"):
+            splits[name].cv = fold
     report_small_classes(splits["training"].labels.numpy(), split.samples_per_class, dataset)
     return splits
 

@@ -20,12 +20,16 @@ import torch
 from torch import nn
 
 import metrics
+from evaluation.console import format_short, shown_metrics
 from evaluation.options import search_options
+from evaluation.retrievals import row_paths
 from metrics.ranking import check_backend
 from utilities import distributed
 from utilities.checkpoint import load_weights
 from utilities.errors import ConfigError
 from utilities.logger import RunLogger, writing
+from utilities.progress import Progress
+from utilities.resources import compute_summary, peak_memory
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +40,21 @@ def embed(
     loader: torch.utils.data.DataLoader,
     device: torch.device,
     dist: distributed.Context = distributed.SINGLE,
+    *,
+    progress: Progress | None = None,
+    stage: str = "embedding",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, D) float32 embeddings and (N,) labels of every item of ``loader``'s dataset, in order.
 
     Under torchrun each rank's loader covers its shard (``make_loader(..., dist=)``); the shards
-    are gathered so that every rank returns the whole split in dataset order."""
+    are gathered so that every rank returns the whole split in dataset order. ``progress``: the
+    run's bar, advanced per batch as ``stage``."""
     was_training = model.training
     model.eval()
     n = len(loader.dataset)
     embeddings: torch.Tensor | None = None
     labels = torch.empty(n, dtype=torch.long)
-    for images, batch_labels, idx in loader:
+    for images, batch_labels, idx in progress.track(loader, stage) if progress else loader:
         out = model(images.to(device, non_blocking=True)).float()
         if embeddings is None:
             embeddings = torch.empty(n, out.shape[1], dtype=torch.float32, device=out.device)
@@ -72,7 +80,10 @@ def query_gallery_masks(dataset) -> tuple[torch.Tensor | None, torch.Tensor | No
 
 
 def save_embeddings(path: str | Path, embeddings: torch.Tensor, labels: torch.Tensor, **extra) -> Path:
-    """Write ``embeddings`` (N, D), ``labels`` (N,) and optional arrays (e.g. masks) as ``.npz``."""
+    """Write ``embeddings`` (N, D), ``labels`` (N,) and optional arrays as ``.npz`` (None values are
+    left out). :func:`evaluate_split` adds ``is_query`` / ``is_gallery`` masks, ``epoch``, ``paths``
+    (each row's image path as the dataset lists it, ``digits:<i>`` for the embedded dataset; see
+    :mod:`evaluation.retrievals`), ``dataset`` and ``split`` (names)."""
     path = Path(path)
     arrays = {
         "embeddings": embeddings.detach().cpu().numpy().astype(np.float32),
@@ -99,17 +110,23 @@ def evaluate_split(
     save_to: str | Path | None = None,
     epoch: int | None = None,
     dist: distributed.Context = distributed.SINGLE,
+    dataset: str | None = None,
+    progress: Progress | None = None,
     **search: Any,
 ) -> dict[str, float | list[float]] | None:
     """All ``metric_names`` on one split, plus ``eval_time`` (seconds, embedding included; a CSV
-    column) and ``eval_time_stages`` (a dict of seconds per stage: embed, ranking, kmeans, svd, ...; kept out
+    column), ``eval_images_per_s`` (the split's images over ``eval_time``; a CSV column) and
+    ``eval_time_stages`` (a dict of seconds per stage: embed, ranking, kmeans, svd, ...; kept out
     of the CSV, which holds scalars, but stored in the run's history and summary). ``search``: the
     retrieval options of :func:`metrics.compute` (backend, chunk, faiss index, k-means).
+    ``dataset``: the dataset's name, stored in the saved ``.npz`` with each row's image path.
+    ``progress``: the run's bar (embedding batches, then metrics).
 
     Under torchrun every rank embeds its shard, and rank 0 alone computes the metrics (and saves
     the embeddings); the other ranks return None."""
+    name = getattr(loader.dataset, "name", None) or "split"  # for the progress bar
     start = time.perf_counter()
-    embeddings, labels = embed(model, loader, device, dist)
+    embeddings, labels = embed(model, loader, device, dist, progress=progress, stage=f"{name} embedding")
     t_embed = time.perf_counter() - start
     if not dist.is_main:
         return None
@@ -122,6 +139,9 @@ def evaluate_split(
             is_query=is_query,
             is_gallery=is_gallery,
             epoch=np.int64(-1 if epoch is None else epoch),
+            paths=row_paths(loader.dataset, dataset),
+            dataset=dataset,
+            split=getattr(loader.dataset, "name", None) or None,
         )
     timings: dict[str, float] = {}
     results = metrics.compute(
@@ -133,9 +153,11 @@ def evaluate_split(
         seed=seed,
         device=metric_device,
         timings=timings,
+        progress=progress.steps(f"{name} metrics", len(set(metric_names))) if progress else None,
         **search,
     )
     results["eval_time"] = time.perf_counter() - start
+    results["eval_images_per_s"] = len(labels) / results["eval_time"]
     results["eval_time_stages"] = {"embed": t_embed, **timings}
     return results
 
@@ -167,10 +189,12 @@ def evaluate_splits(
     epoch: int,
     only: list[str] | None = None,
     dist: distributed.Context = distributed.SINGLE,
+    progress: Progress | None = None,
 ) -> dict[str, dict | None]:
     """:func:`evaluate_split` with the evaluation flags on each split of ``loaders`` (those in
     ``only``, if given; the others map to None, which keeps a per-epoch history aligned). Under
-    torchrun rank 0's results are broadcast, so every rank selects the same epoch."""
+    torchrun rank 0's results are broadcast, so every rank selects the same epoch. ``progress``:
+    the run's bar."""
     results = {
         split: evaluate_split(
             model,
@@ -180,6 +204,7 @@ def evaluate_splits(
             seed=opt.seed,
             metric_device=metric_device,
             dist=dist,
+            progress=progress,
             **eval_options(opt, split, folder, epoch),
         )
         if only is None or split in only
@@ -220,6 +245,7 @@ def eval_options(opt, split: str, folder: Path, epoch: int) -> dict:
         **search_options(opt),
         "save_to": Path(folder) / f"embeddings_{split}.npz" if opt.save_embeddings else None,
         "epoch": epoch,
+        "dataset": opt.dataset,
     }
 
 
@@ -232,13 +258,15 @@ def evaluate_checkpoint(
     metric_device: torch.device,
     logger: RunLogger | Callable[[], RunLogger],
     dist: distributed.Context = distributed.SINGLE,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """``main.py --evaluate_only``: the checkpoint's weights, every split evaluated once, and a run
     folder (args.json, metrics.csv at the checkpoint's epoch, summary.json) like a training run's.
 
     Weights that do not fit the model (another ``--arch`` or ``--embed_dim``) are a one-line
     ConfigError naming the first mismatching tensor, and leave no run folder: ``logger`` may be a
-    factory called once the weights are in, or a fresh RunLogger, whose folder is then removed."""
+    factory called once the weights are in, or a fresh RunLogger, whose folder is then removed.
+    The console gets one short line per split (:mod:`evaluation.console`); ``progress``: a bar."""
     start = time.time()
     try:
         load_weights(
@@ -255,19 +283,24 @@ def evaluate_checkpoint(
     folder = distributed.broadcast_object(logger.folder, dist)  # rank 0's run folder
     epoch = int(state["epoch"])
     results = evaluate_splits(
-        model, loaders, opt, device, metric_device, folder=folder, epoch=epoch, dist=dist
+        model, loaders, opt, device, metric_device, folder=folder, epoch=epoch, dist=dist, progress=progress
     )
+    shown = shown_metrics(opt.console_metrics, opt.evaluation_metrics)
     for split, res in results.items():
         logger.log(epoch, split, res)
-        log.info(f"{split}: " + format_results(res, opt.evaluation_metrics))
+        log.info(f"{split}: " + format_short(res, shown))
+    wall_time = time.time() - start
     summary = {
         "evaluate_only": True,
         "checkpoint": str(opt.checkpoint),
         "selected_epoch": epoch,
         "selection_split": None,
         "metrics": results,
-        "wall_time": time.time() - start,
+        "wall_time": wall_time,
+        "compute": compute_summary(logger.rows, peak_memory(device, dist), wall_time),
     }
+    if progress is not None:
+        progress.close()
     logger.summary(summary)
     log.info(f"Evaluated {opt.checkpoint} (epoch {epoch}); results in {logger.folder}")
     return summary

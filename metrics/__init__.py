@@ -156,6 +156,7 @@ def compute(
     recall_sample: int = 1000,
     kmeans: str = "torch",
     timings: dict[str, float] | None = None,
+    progress: typing.Callable[[str], None] | None = None,
 ) -> dict[str, float | list[float]]:
     """Every metric in ``names`` on one split.
 
@@ -169,7 +170,8 @@ def compute(
     ``search_recall@<k>`` (``..._cosine`` for a separate cosine search) to the results: its recall
     of the exact top-k on ``recall_sample`` seeded queries. ``kmeans``: ``torch`` (:mod:`metrics.kmeans`)
     or ``faiss`` (``faiss.Kmeans``). ``chunk``: query rows per distance block (default: ~16 MB
-    blocks). ``timings``, if given, receives seconds per stage.
+    blocks). ``timings``, if given, receives seconds per stage. ``progress``, if given, is called
+    with each metric's name before it is computed (a progress bar).
     """
     metrics = {name: parse(name) for name in dict.fromkeys(names)}
     check_faiss_request(list(metrics), backend, index, index_params=index_params)  # before any work
@@ -193,7 +195,11 @@ def compute(
         for m in metrics.values():
             if hasattr(m, "search_depth"):
                 ctx.request_depth(m.search_depth(ctx), m.view)
-    results = {name: metric(ctx) for name, metric in metrics.items()}
+    results: dict[str, float | list[float]] = {}
+    for name, metric in metrics.items():
+        if progress is not None:
+            progress(name)
+        results[name] = metric(ctx)
     results.update(ctx.search_recall)
     if timings is not None:
         timings.update(ctx.timings)

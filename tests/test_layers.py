@@ -28,12 +28,13 @@ LAYER = {
     "parameters": 3,  # the command line of main.py: builds on every plugin registry
     "main": 4,
     "evaluation.__main__": 4,
+    "evaluation.ensemble": 4,  # python -m evaluation --ensemble: rebuilds runs from their flags
     "Result_Evaluations": 4,
     "toy_experiments": 4,
     "benchmarks": 4,
 }
 PROJECT = {name.split(".")[0] for name in LAYER}
-ALLOWED_SIDEWAYS = {("batch_mining", "criteria._common")}
+ALLOWED_SIDEWAYS = {("batch_mining", "criteria._common"), ("evaluation.__main__", "evaluation.ensemble")}
 # imports that may sit inside a function, each for a reason that holds: a slow optional dependency
 # only some runs need, a library whose import costs seconds that `main.py --help` and configuration
 # errors must not pay (tests/test_import_time.py), or a backend that must be chosen before its first
@@ -76,7 +77,7 @@ def _modules() -> list[tuple[str, Path]]:
 
 def _layer_of(module: str) -> tuple[str, int]:
     """(the layer's key, its rank) of a project module."""
-    key = "evaluation.__main__" if module == "evaluation.__main__" else module.split(".")[0]
+    key = module if module in ("evaluation.__main__", "evaluation.ensemble") else module.split(".")[0]
     return key, LAYER[key]
 
 

@@ -213,3 +213,22 @@ def test_the_default_metrics_follow_the_datasets_recall_ranks(dataset, ks):
 def test_the_resolved_metric_list_is_what_parse_run_returns(tmp_path):
     opt, state = parameters.parse_run(["--dataset", "online_products", "--save_path", str(tmp_path)])
     assert state is None and opt.evaluation_metrics[:4] == [f"e_recall@{k}" for k in (1, 10, 100, 1000)]
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--loss", "nonexistent"], "unknown loss 'nonexistent'"),
+        (["--batch_mining", "nope"], "unknown batch miner 'nope'"),
+        (["--data_sampler", "nope"], "unknown"),
+        (["--arch", "resnet51_normalize"], "resnet51"),
+        (["--arch", "resnet50_froze"], "unknown modifier"),
+    ],
+)
+def test_unknown_plugin_names_fail_when_parsed_before_any_data(tmp_path, flags, message):
+    """The default dataset is absent here: the name error must come first (no data is read)."""
+    from utilities.errors import ConfigError
+
+    argv = ["--source_path", str(tmp_path / "none"), "--save_path", str(tmp_path), *flags]
+    with pytest.raises(ConfigError, match=message):
+        parameters.parse_run(argv)

@@ -11,21 +11,25 @@ from pathlib import Path
 from typing import Any
 
 from utilities.errors import ConfigError
+from utilities.progress import bar_cleared, close_bars
 
 
 class _StdoutHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stdout`` is at the time of the record (pytest swaps it)."""
+    """Writes to whatever ``sys.stdout`` is at the time of the record (pytest swaps it). A tqdm
+    bar on the terminal (:mod:`utilities.progress`) is cleared before the line and redrawn below
+    it, so the bar stays one line instead of being cut into the log."""
 
     def __init__(self) -> None:
         super().__init__(sys.stdout)
 
     def emit(self, record: logging.LogRecord) -> None:
         self.stream = sys.stdout
-        super().emit(record)
+        with bar_cleared(self.stream):
+            super().emit(record)
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    """Run output as plain lines on stdout (tqdm bars stay on stderr). Idempotent."""
+    """Run output as plain lines on stdout (the tqdm bar stays on stderr). Idempotent."""
     root = logging.getLogger()
     if not any(isinstance(h, _StdoutHandler) for h in root.handlers):
         handler = _StdoutHandler()
@@ -63,9 +67,11 @@ def run_entry_point(main: Callable[[], Any]) -> None:
     try:
         main()
     except ConfigError as err:
+        close_bars()
         print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
+        close_bars()
         folder = _RUN.get("folder")
         hint = f"; continue with: python main.py --resume {folder}" if folder else ""
         print(f"error: interrupted{hint}", file=sys.stderr)

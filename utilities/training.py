@@ -9,10 +9,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from utilities import distributed
 from utilities.errors import ConfigError, TrainingDiverged
+from utilities.progress import Progress
+from utilities.resources import epoch_rate
 from utilities.seeding import loader_generator, worker_init_fn
 
 
@@ -69,12 +70,14 @@ def make_loader(
         "pin_memory": torch.cuda.is_available(),
         "worker_init_fn": worker_init_fn,
         "generator": loader_generator(seed),
-        # Training workers are restarted every epoch, each epoch's worker seeds drawn from the
-        # loader's generator (checkpointed): persistent workers would carry their RNG state across
-        # epochs, which a resumed run cannot reproduce. Evaluation loaders draw nothing random.
-        "persistent_workers": opt.kernels > 0 and batch_sampler is None,
+        # Persistent workers (no re-fork and empty queue at every epoch start) keep results exact:
+        # training augmentation draws from a stream keyed on (seed, epoch, sample), and the epoch
+        # reaches the workers with each index (keyed_batches), never from a worker's own RNG.
+        "persistent_workers": opt.kernels > 0,
     }
     if batch_sampler is not None:
+        if hasattr(dataset, "keyed_batches"):
+            batch_sampler = dataset.keyed_batches(batch_sampler)
         if dist.active:
             batch_sampler = distributed.RankSlice(batch_sampler, dist)
         return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, **kwargs)
@@ -134,14 +137,15 @@ def train_one_epoch(
     *,
     epoch: int,
     sampler,
-    progress: bool = True,
+    progress: Progress | None = None,
     last_good: Path | None = None,
     dist: distributed.Context = distributed.SINGLE,
 ) -> dict[str, float]:
-    """One pass over ``loader`` (:func:`training_step` per batch); returns the mean loss, the time
-    and the statistics of the batch miner(s) inside ``criterion``. Each step's gathered embeddings
-    go to ``sampler.update_storage`` (a no-op for samplers without an embedding memory), so every
-    rank's sampler holds the same memory.
+    """One pass over ``loader`` (:func:`training_step` per batch); returns the mean loss, the time,
+    the images per second (of all ranks: :func:`utilities.resources.epoch_rate`) and the statistics
+    of the batch miner(s) inside ``criterion``. ``progress``: the run's bar (none if None). Each
+    step's gathered embeddings go to ``sampler.update_storage`` (a no-op for samplers without an
+    embedding memory), so every rank's sampler holds the same memory.
 
     Non-finite embeddings are caught before the loss sees them (a miner would otherwise misreport
     them, e.g. as "not L2-normalised"), a non-finite loss before the step: either raises
@@ -149,12 +153,12 @@ def train_one_epoch(
     ``checkpoint_last.pt``, named when it exists)."""
     model.train()
     criterion.train()
-    start, losses = time.perf_counter(), []
+    start, losses, n_images = time.perf_counter(), [], 0
     net = distributed.unwrap(model)
     amp_dtype = net.autocast_dtype(device.type) if hasattr(net, "autocast_dtype") else None
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    bar = tqdm(loader, desc=f"Epoch {epoch} training", leave=False, disable=not progress)
-    for step, (images, labels, idx) in enumerate(bar):
+    progress = progress or Progress()
+    for step, (images, labels, idx) in enumerate(progress.track(loader, "training")):
         try:
             loss, embeddings, _, indices = training_step(
                 model, criterion, images.to(device, non_blocking=True), labels, idx, optimizer, scaler, dist
@@ -162,10 +166,13 @@ def train_one_epoch(
         except _NonFinite as err:
             raise _diverged(str(err), epoch, step, last_good) from None
         losses.append(loss.item())
+        n_images += len(images)
         sampler.update_storage(embeddings, indices)
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        progress.note(f"loss {losses[-1]:.4f}")
     distributed.broadcast_module(net, dist, buffers_only=True)  # one model for the sharded evaluation
-    stats = {"loss": sum(losses) / max(1, len(losses)), "train_time": time.perf_counter() - start}
+    seconds = time.perf_counter() - start
+    stats = {"loss": sum(losses) / max(1, len(losses)), "train_time": seconds}
+    stats["train_images_per_s"] = epoch_rate(n_images, seconds, dist)
     stats["lr"] = optimizer.param_groups[0]["lr"]
     for module in criterion.modules():  # the miner is a submodule of the loss (or of its wrapper)
         if hasattr(module, "pop_stats"):

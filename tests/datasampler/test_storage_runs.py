@@ -15,7 +15,7 @@ import torch
 import main
 from tests.test_main import digits_args
 
-TIME_COLUMNS = {"train_time", "eval_time"}
+TIME_COLUMNS = {"train_time", "eval_time", "train_images_per_s", "eval_images_per_s"}
 
 
 def _run(folder, sampler: str) -> tuple[list[dict], dict]:

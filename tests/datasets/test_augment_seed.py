@@ -55,3 +55,31 @@ def test_image_pipeline_is_the_same_with_workers_and_in_any_order(tmp_path):
     assert seen == 12
     train.augment_key = None  # unkeyed: the process RNG decides, so two draws differ
     assert not all(torch.equal(train[i][0], train[i][0]) for i in order[:6])
+
+
+def test_persistent_training_workers_follow_the_epoch(tmp_path):
+    """make_loader keeps training workers alive across epochs; each epoch's keys still reach them,
+    so two epochs with persistent workers give exactly the images of the worker-free loader."""
+    import argparse
+
+    from datasampler.class_random import ClassRandomSampler
+    from utilities.training import make_loader
+
+    fx.make_cub_study(tmp_path)
+    train = CUB200(source_path=str(tmp_path), split=SPLIT, images=IMAGES).splits()["training"]
+
+    def epochs(kernels: int) -> list[list[torch.Tensor]]:
+        opt = argparse.Namespace(kernels=kernels, bs=4)
+        sampler = ClassRandomSampler(labels=train.labels, bs=4, samples_per_class=2, seed=3)
+        loader = make_loader(train, opt, batch_sampler=sampler, seed=1)
+        assert loader.persistent_workers == (kernels > 0)
+        out = []
+        for epoch in range(2):
+            train.set_epoch(1, epoch)
+            out.append([images for images, _, _ in loader])
+        return out
+
+    plain, workers = epochs(0), epochs(2)
+    for a, b in zip(plain, workers, strict=True):
+        assert len(a) == len(b) > 0 and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(torch.equal(x, y) for x, y in zip(plain[0], plain[1], strict=False))  # epochs differ

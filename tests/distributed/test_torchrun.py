@@ -74,7 +74,7 @@ def read_csv(folder: Path) -> list[dict[str, str]]:
 
 
 def numeric_columns(rows: list[dict[str, str]]) -> dict[tuple[int, str, str], float]:
-    skip = {"train_time", "eval_time", "lr"}
+    skip = {"train_time", "eval_time", "train_images_per_s", "eval_images_per_s", "lr"}
     out = {}
     for row in rows:
         for k, v in row.items():
@@ -136,6 +136,17 @@ def test_two_processes_give_the_single_process_metrics(runs):
     assert single_args["world_size"] == 1 and single_args["process_group"] == "none"
     print(f"2 processes vs 1: {worst}")
 
+    # compute accounting on rank 0: the global rate (both ranks' images over the slower rank's
+    # time; rank 0's own train_time is at most that) and the sum of both ranks' host memory
+    for one, two in zip(*(read_csv(runs[k]) for k in ("single", "two")), strict=True):
+        if one["split"] == "training":
+            images = float(one["train_images_per_s"]) * float(one["train_time"])  # 40 per batch
+            seen = float(two["train_images_per_s"]) * float(two["train_time"])
+            assert images % 40 == pytest.approx(0, abs=1e-6) and 0.8 * images < seen <= images * (1 + 1e-9)
+    compute = {k: json.loads((runs[k] / "summary.json").read_text())["compute"] for k in ("single", "two")}
+    assert compute["two"]["peak_host_mem_mb"] > 1.3 * compute["single"]["peak_host_mem_mb"]
+    assert compute["two"]["peak_gpu_mem_mb"] is None and compute["two"]["eval_images_per_s"] > 0
+
 
 def test_sharded_evaluation_equals_the_single_process_evaluation(runs):
     """3 processes: the 896 test images do not divide by 3, so the shards differ in size; the
@@ -162,7 +173,7 @@ def test_sharded_evaluation_equals_the_single_process_evaluation(runs):
         # equal embeddings; the metrics then differ only where LAPACK's result depends on the thread
         # count (torchrun's ranks run one thread, this test process may run more): rho's SVD, ~1e-11
         for name, value in expected.items():
-            if not name.startswith("eval_time"):
+            if not name.startswith(("eval_time", "eval_images_per_s")):
                 assert got[split][name] == pytest.approx(value, rel=1e-9, abs=1e-12), (split, name)
     assert sizes["testing"] % 3 == 2, sizes
 

@@ -11,12 +11,13 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-# Wall-clock columns differ between any two runs; everything else must be identical.
-WALL_CLOCK = {"train_time", "eval_time", "wall_time"}
+# Wall-clock columns (and the rates and peaks of summary.json's "compute") differ between any two
+# runs; everything else must be identical.
+WALL_CLOCK = {"train_time", "eval_time", "wall_time", "compute"}
 
 
 def _is_wall_clock(key: str) -> bool:
-    return key in WALL_CLOCK or key.startswith(("eval_time", "train_time"))
+    return key in WALL_CLOCK or key.startswith(("eval_time", "train_time")) or key.endswith("_images_per_s")
 
 
 def tiny_args(save_path: Path, name: str, *extra: str, epochs: int = 3) -> list[str]:

@@ -1,15 +1,19 @@
 """Kill-and-resume: a run killed at any point (SIGKILL, in a subprocess) and resumed with
 ``--resume`` ends with the same metrics.csv and summary.json as an uninterrupted run.
 
-Wall-clock columns (train_time, eval_time, wall_time) are excluded from the comparison; every
-other value, including the training loss of every epoch, must be identical (CPU).
+Wall-clock columns (train_time, eval_time, wall_time, the images/s and summary.json's compute
+entry) are excluded from the comparison; every other value, including the training loss of every
+epoch, must be identical (CPU).
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import sys
 
 import pytest
+import torch
 
 import main
 from tests.lifecycle._runs import assert_killed, read_rows, read_summary, run_subprocess, tiny_args
@@ -38,9 +42,23 @@ def test_resume_between_epochs_with_dataloader_workers(tmp_path):
     extra = ["--kernels", "2"]
     main.main(tiny_args(tmp_path, "full", *extra, epochs=2))
     main.main(tiny_args(tmp_path, "part", *extra, epochs=1))
-    main.main(["--resume", str(tmp_path / "digits" / "part"), "--n_epochs", "2"])
-    assert read_rows(tmp_path / "digits" / "part") == read_rows(tmp_path / "digits" / "full")
-    assert read_summary(tmp_path / "digits" / "part") == read_summary(tmp_path / "digits" / "full")
+    part = tmp_path / "digits" / "part"
+    before = torch.load(part / "checkpoint_last.pt", weights_only=True)["peak_memory"]
+    first_rate = float(
+        next(csv.DictReader((part / "metrics.csv").read_text().splitlines()))["train_images_per_s"]
+    )
+    main.main(["--resume", str(part), "--n_epochs", "2"])
+    assert read_rows(part) == read_rows(tmp_path / "digits" / "full")
+    assert read_summary(part) == read_summary(tmp_path / "digits" / "full")
+
+    # the compute accounting spans both processes: the mean over every epoch's row (the restored
+    # one unchanged), the peak at least the first process's
+    with (part / "metrics.csv").open() as f:
+        rates = [float(r["train_images_per_s"]) for r in csv.DictReader(f) if r["split"] == "training"]
+    assert len(rates) == 2 and rates[0] == first_rate
+    compute = json.loads((part / "summary.json").read_text())["compute"]
+    assert compute["train_images_per_s"] == pytest.approx(sum(rates) / 2, rel=1e-12)
+    assert compute["peak_host_mem_mb"] >= before["host_mb"] > 0 and compute["peak_gpu_mem_mb"] is None
 
 
 def test_resume_with_a_storage_sampler_and_a_cross_batch_memory(tmp_path):

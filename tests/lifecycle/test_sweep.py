@@ -15,14 +15,12 @@ import Result_Evaluations as RE
 from tests.lifecycle._runs import ROOT
 
 SCRIPT = ROOT / "Revisit_Runs.sh"
+# the script's settings: a test sets the ones it means, none leaks in from the caller's shell
+SCRIPT_ENV = set("SEEDS EXTRA_ARGS LOG_ONLINE datapath NPROC TORCHRUN_ARGS CV_FOLDS CV_SCHEME".split())
 
 
 def script(*args: str, **env: str) -> subprocess.CompletedProcess:
-    full_env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("SEEDS", "EXTRA_ARGS", "LOG_ONLINE", "datapath", "NPROC", "TORCHRUN_ARGS")
-    }
+    full_env = {k: v for k, v in os.environ.items() if k not in SCRIPT_ENV}
     return subprocess.run(["bash", str(SCRIPT), *args], env=full_env | env, cwd=ROOT, capture_output=True, text=True,
                           timeout=60)  # fmt: skip
 
@@ -113,6 +111,66 @@ def test_digits_sweep_runs_restarts_and_aggregates(tmp_path):
         assert 0.0 < r["testing/e_recall@1|mean"] <= 1.0
     table = (tmp_path / "tables" / "table_digits.tex").read_text()
     assert "Multisimilarity &" in table and "Margin (D, $\\beta$=1.2) &" in table
+
+
+def test_cv_folds_turn_every_run_into_its_folds():
+    """CV_FOLDS=4: each seed of a group becomes 4 fold runs, otherwise the same command line."""
+    import parameters
+
+    plain = script("list", "cub200", "CUB_Margin_b12_Distance").stdout.splitlines()
+    lines = script("list", "cub200", "CUB_Margin_b12_Distance", CV_FOLDS="4").stdout.splitlines()
+    assert len(lines) == 4 * len(plain) == 20
+    parser = parameters.build_parser()
+    seen = set()
+    for n, line in enumerate(lines):
+        opt = parser.parse_args(shlex.split(line)[2:])
+        fold, seed = n % 4, n // 4  # the folds of a seed run one after another
+        assert (opt.cv_folds, opt.cv_fold, opt.cv_scheme, opt.seed) == (4, fold, "random", seed)
+        assert opt.group == f"CUB_Margin_b12_Distance_f{fold}"
+        assert opt.savename == f"CUB_Margin_b12_Distance_f{fold}_s{seed}"
+        own = f" --group {opt.group} --savename {opt.savename} --cv_folds 4 --cv_fold {fold}"
+        own += " --cv_scheme random"
+        base = plain[seed].replace(" --group CUB_Margin_b12_Distance --savename CUB_Margin_b12_Distance_s"
+                                   f"{seed}", "")  # fmt: skip
+        assert line.replace(own, "") == base
+        seen.add((seed, fold))
+    assert len(seen) == 20
+    mlrc = script("list", "cars196", "CARS_MS", CV_FOLDS="4", CV_SCHEME="mlrc").stdout.splitlines()
+    assert len(mlrc) == 20 and all(line.count("--cv_scheme mlrc") == 1 for line in mlrc)
+    groups = script("groups", "digits", CV_FOLDS="2").stdout.split()
+    assert groups[:4] == ["DIG_Margin_b12_Distance_f0", "DIG_Margin_b12_Distance_f1", "DIG_Triplet_Semihard_f0",
+                          "DIG_Triplet_Semihard_f1"]  # fmt: skip
+    assert len(groups) == 10
+    for bad in ({"CV_FOLDS": "four"}, {"CV_FOLDS": "4", "CV_SCHEME": "kfold"}):
+        assert script("list", "digits", **bad).returncode == 2
+
+
+def test_cv_folds_of_the_digits_sweep_run_skip_and_resume(tmp_path):
+    """The digits sweep drops its --use_tv_split for folds (main.py refuses both); run skips a
+    finished fold and resumes a killed one like any other run."""
+    import parameters
+
+    lines = script("list", "digits", "DIG_MS", CV_FOLDS="2", SEEDS="3").stdout.splitlines()
+    assert len(lines) == 2 and not any("--use_tv_split" in line or "--tv_split_by" in line for line in lines)
+    for line in lines:
+        parameters.build_parser().parse_args(shlex.split(line)[2:])
+    save = tmp_path / "results"
+    (save / "digits" / "DIG_MS_f0_s3").mkdir(parents=True)
+    (save / "digits" / "DIG_MS_f0_s3" / "summary.json").write_text("{}")
+    (save / "digits" / "DIG_MS_f1_s3").mkdir()
+    (save / "digits" / "DIG_MS_f1_s3" / "args.json").write_text("{}")
+    recorder = tmp_path / "python"
+    recorder.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "calls"}\n')
+    recorder.chmod(0o755)
+    out = script("run", "digits", "DIG_MS", PYTHON=str(recorder), CV_FOLDS="2", SEEDS="3 4",
+                 save_path=str(save))  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "skip DIG_MS_f0 seed 3" in out.stdout and "resume DIG_MS_f1 seed 3" in out.stdout
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert calls[0] == f"main.py --resume {save / 'digits' / 'DIG_MS_f1_s3'}"
+    assert [shlex.split(c)[shlex.split(c).index("--savename") + 1] for c in calls[1:]] == [
+        "DIG_MS_f0_s4", "DIG_MS_f1_s4",
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("bad", ["list foo", "frobnicate digits"])
