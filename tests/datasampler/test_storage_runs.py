@@ -21,7 +21,7 @@ TIME_COLUMNS = {"train_time", "eval_time", "train_images_per_s", "eval_images_pe
 def _run(folder, sampler: str) -> tuple[list[dict], dict]:
     main.main(
         [
-            *digits_args(folder, "--data_sampler", sampler, "--n_epochs", "2", "--no_train_metrics"),
+            *digits_args(folder, "--data_sampler", sampler, "--n_epochs", "1", "--no_train_metrics"),
             "--evaluation_metrics",
             "e_recall@1",
             "mAP@R",
@@ -46,4 +46,4 @@ def test_two_runs_with_a_storage_sampler_write_identical_files(tmp_path, sampler
     assert torch.equal(ckpt_a["sampler"]["storage"], ckpt_b["sampler"]["storage"])
     for key, value in ckpt_a["model"].items():
         assert torch.equal(value, ckpt_b["model"][key]), key
-    assert [r["split"] for r in rows_a] == ["training", "testing"] * 2
+    assert [r["split"] for r in rows_a] == ["training", "testing"]  # one epoch: a racy write diverges at once

