@@ -1,12 +1,30 @@
 """Evaluation benchmark: the full metric set at CUB, CARS and SOP scale vs pytorch-metric-learning.
 
-    .venv/bin/python benchmarks/bench_eval.py [--scales cub cars sop] [--threads 2] [--no_pml]
+    .venv/bin/python benchmarks/bench_eval.py [--scales cub cars sop inat] [--threads 2] [--no_pml]
+        [--contended [on|both]]
 
 Seeded synthetic clustered embeddings (L2-normalised, like the ``_normalize`` architectures):
 
 * CUB scale:  5,924 × 128, 100 classes (~59 per class);
 * CARS scale: 8,131 × 128, 98 classes (~83 per class);
-* SOP scale: 60,502 × 128, 11,316 classes of 2-12 samples.
+* SOP scale: 60,502 × 128, 11,316 classes of 2-12 samples;
+* iNat scale (``--scales inat``, not in the default run): 136,093 × 128, 2,452 classes, the test
+  split of the DML iNaturalist-2018 benchmark (Brown et al. 2020, Smooth-AP), with CUB's generator
+  (balanced classes of 55-56; the real split is long-tailed).
+
+``--contended`` runs the comparison with one pure-Python busy-loop process per core beside it
+(``os.cpu_count()`` of them, stopped on exit, on Ctrl-C and if this process dies), as on a machine
+shared with other jobs; ``--contended both`` measures every scale without and then with them, in
+one session, side by side. Every row records the 1-minute load average before and after it. The
+script sets ``OMP_WAIT_POLICY=PASSIVE`` (unless the environment sets it; ``OMP_WAIT_POLICY=``
+keeps the runtime's spinning default) for both sides, before any OpenMP runtime loads: waiting
+OpenMP threads then sleep instead of spinning on a core that a descheduled thread of the same
+region needs (see ``metrics/_threads.py``).
+
+With two or more scales a growth table follows: total and per-stage seconds and the peak extra
+memory per scale, and the exponent of N (slope of the least-squares line through log N, log value,
+plus the slope between consecutive scales: k-means depends on the class count too, which does not
+grow with N between SOP and iNat).
 
 Ours computes the study's default metric list (``evaluation.options.DEFAULT_METRICS``: e_recall@1,2,4,
 nmi, f1, mAP_1000, mAP_lim, mAP_c, dists@*, rho_spectrum@0,-1,1,2,10) plus mAP@R, r_precision and
@@ -17,6 +35,11 @@ it; ``--metric_set pml`` times exactly its set. pytorch-metric-learning's
 MRR, NMI, AMI) with ``k="max_bin_count"`` (its default ``k=None`` means k = N, an N×N result that
 does not fit in memory at SOP scale) on the same data. Every measurement runs in a fresh process
 (so ``ru_maxrss`` is that run's peak); "extra memory" = peak RSS − RSS with the data loaded.
+Memory: every measurement runs in a fresh process; after the data is loaded and the warm-up has
+run, the kernel's peak-RSS counter is reset (``/proc/self/clear_refs``), and "extra MB" = peak RSS
+during the timed runs (``VmHWM``) − RSS at their start: everything the evaluation allocates (torch
+tensors, numpy arrays, the allocator's slack) as the OS sees it. Without ``clear_refs`` (not Linux)
+it falls back to ``ru_maxrss``, which can hide an evaluation below an earlier peak.
 Both sides first run once on a tiny input (one-time imports, kernel loading, thread pools), then
 the median of ``--repeats`` timed runs is reported.
 Prints a timing table (total and per stage) and the metric values side by side.
@@ -33,13 +56,23 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import itertools
 import json
+import math
 import os
+import re
 import resource
+import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+
+# before torch, MKL, numba or faiss load an OpenMP runtime: it reads the policy once, at load.
+# An empty OMP_WAIT_POLICY= measures the runtime's default (spinning) for comparison.
+if os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE") == "":
+    del os.environ["OMP_WAIT_POLICY"]
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -48,7 +81,9 @@ SCALES = {
     "cub": {"n": 5924, "classes": 100, "sizes": None, "noise": 0.18},
     "cars": {"n": 8131, "classes": 98, "sizes": None, "noise": 0.18},
     "sop": {"n": 60502, "classes": 11316, "sizes": (2, 12), "noise": 0.12},
+    "inat": {"n": 136093, "classes": 2452, "sizes": None, "noise": 0.18},
 }
+DEFAULT_SCALES = ["cub", "cars", "sop"]
 DIM = 128
 
 
@@ -83,8 +118,62 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def reset_peak() -> None:
+    """Start a new peak-RSS window (Linux >= 4.0: writing 5 to clear_refs resets VmHWM)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # peak_mb() then reports the process's lifetime peak
+
+
 def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak RSS since the last :func:`reset_peak` (lifetime peak where there is no VmHWM)."""
+    try:
+        with open("/proc/self/status") as f:
+            return int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1)) / 1024
+    except (OSError, AttributeError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def load() -> float:
+    """The 1-minute load average (what ``uptime`` prints first)."""
+    return os.getloadavg()[0]
+
+
+def _spin(parent: int) -> None:  # pragma: no cover - runs in the busy-loop processes
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops these
+    while os.getppid() == parent:  # the parent died (even by SIGKILL): stop within ~10 ms
+        for _ in range(200_000):
+            pass
+
+
+@contextmanager
+def contention(on: bool):
+    """One busy-loop process per core while the block runs; yields how many."""
+    if not on:
+        yield 0
+        return
+    import multiprocessing
+
+    procs = [
+        multiprocessing.Process(target=_spin, args=(os.getpid(),), daemon=True)
+        for _ in range(os.cpu_count() or 1)
+    ]
+    try:
+        for p in procs:
+            p.start()
+        time.sleep(0.5)  # every spinner is running before the measurement starts
+        yield len(procs)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+                p.join(5)
 
 
 # pytorch-metric-learning's own metric set (what AccuracyCalculator computes), for a like-for-like row
@@ -124,21 +213,23 @@ def run_ours(scale: str, threads: int, backend: str, repeats: int) -> dict:
     metrics.compute(metric_names(scale), warm, torch.arange(640) % 8, seed=1, backend=backend)
     x, y = make_data(scale)
     x, y = torch.from_numpy(x), torch.from_numpy(y)
+    reset_peak()
     base = rss_mb()
     runs = []
     for _ in range(repeats):
         timings: dict[str, float] = {}
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         values = metrics.compute(metric_names(scale), x, y, seed=1, backend=backend, timings=timings)
-        total = time.perf_counter() - start
+        total, cpu = time.perf_counter() - start, time.process_time() - cpu
         stages = {k: round(v, 3) for k, v in timings.items()}
         stages["metrics"] = round(total - sum(timings.values()), 3)
-        runs.append((total, stages))
-    total, stages = sorted(runs, key=lambda r: r[0])[len(runs) // 2]  # the median run
+        runs.append((total, stages, cpu))
+    total, stages, cpu = sorted(runs, key=lambda r: r[0])[len(runs) // 2]  # the median run
     values = {k: v for k, v in values.items() if not metrics.is_array(v)}
     extra_mb = peak_mb() - base  # before the faiss reference allocates its own results
     return {
         "total": total,
+        "cpu": cpu,
         "stages": stages,
         "extra_mb": extra_mb,
         "values": values,
@@ -148,7 +239,7 @@ def run_ours(scale: str, threads: int, backend: str, repeats: int) -> dict:
 
 def faiss_reference(x, y, scale: str, repeats: int) -> dict[str, float]:
     """What the ranking pass replaces: faiss's exact kNN search (IndexFlatL2, all queries) at
-    k = the largest class + 1 (enough for MAP@R) and, except at SOP scale, k = 1024 (mAP_lim)."""
+    k = the largest class + 1 (enough for MAP@R) and, except at SOP/iNat scale, k = 1024 (mAP_lim)."""
     import faiss
     import numpy as np
 
@@ -156,7 +247,7 @@ def faiss_reference(x, y, scale: str, repeats: int) -> dict[str, float]:
     index = faiss.IndexFlatL2(xn.shape[1])
     index.add(xn)
     out = {}
-    ks = [int(np.bincount(y.numpy()).max()) + 1] + ([] if scale == "sop" else [1024])
+    ks = [int(np.bincount(y.numpy()).max()) + 1] + ([] if scale in ("sop", "inat") else [1024])
     for k in ks:
         times = []
         for _ in range(repeats):
@@ -179,14 +270,20 @@ def run_pml(scale: str, threads: int, repeats: int) -> dict:
     calc = AccuracyCalculator(k="max_bin_count")
     warm = torch.nn.functional.normalize(torch.randn(64, 8), dim=1)
     calc.get_accuracy(warm, torch.arange(64) % 8, warm, torch.arange(64) % 8, ref_includes_query=True)
+    reset_peak()
     base = rss_mb()
     totals = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         values = calc.get_accuracy(x, y, x, y, ref_includes_query=True)
-        totals.append(time.perf_counter() - start)
-    total = sorted(totals)[len(totals) // 2]
-    return {"total": total, "extra_mb": peak_mb() - base, "values": {k: float(v) for k, v in values.items()}}
+        totals.append((time.perf_counter() - start, time.process_time() - cpu))
+    total, cpu = sorted(totals)[len(totals) // 2]
+    return {
+        "total": total,
+        "cpu": cpu,
+        "extra_mb": peak_mb() - base,
+        "values": {k: float(v) for k, v in values.items()},
+    }
 
 
 def in_subprocess(kind: str, scale: str, threads: int, backend: str, repeats: int) -> dict:
@@ -260,6 +357,7 @@ def run_sweep_point(n_gallery: int, n_queries: int, config: str, threads: int) -
     metrics.compute(SWEEP_METRICS, warm, torch.arange(640) % 8, backend=backend, index=index)
     x, y, q = sweep_data(n_gallery, n_queries)
     x, y, q = torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(q)
+    reset_peak()
     base = rss_mb()
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -317,7 +415,21 @@ def main() -> None:
     p.add_argument("--sweep_queries", type=int, default=10_000)
     p.add_argument("--sweep_configs", nargs="+", default=list(SWEEP_CONFIGS), choices=list(SWEEP_CONFIGS))
     p.add_argument("--_sweep_point", nargs=3, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--scales", nargs="+", default=list(SCALES), choices=list(SCALES))
+    p.add_argument(
+        "--scales",
+        nargs="+",
+        default=DEFAULT_SCALES,
+        choices=list(SCALES),
+        help="cub, cars, sop (default) and inat (136,093 images: add it explicitly)",
+    )
+    p.add_argument(
+        "--contended",
+        nargs="?",
+        const="on",
+        default="off",
+        choices=["off", "on", "both"],
+        help="run beside one busy-loop process per core (on), or without and with them side by side (both)",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--backend", default="auto", choices=["auto", "numba", "torch"])
     p.add_argument("--no_pml", action="store_true")
@@ -355,48 +467,75 @@ def main() -> None:
         print(json.dumps(fn(*args)))
         return
 
-    results = {}
+    modes = {"off": ["idle"], "on": ["contended"], "both": ["idle", "contended"]}[opt.contended]
+    print(
+        f"load (1 min) {load():.2f} at start; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; "
+        f"modes: {', '.join(modes)} ('idle' = no busy loops of ours; other jobs may share the cores)",
+        flush=True,
+    )
+    results = {}  # (scale, mode) -> (ours, pml, load before, load after)
     for scale in opt.scales:
-        repeats = opt.repeats or (1 if scale == "sop" else 5)
-        ours = in_subprocess("ours", scale, opt.threads, opt.backend, repeats)
-        pml = None if opt.no_pml else in_subprocess("pml", scale, opt.threads, opt.backend, repeats)
-        results[scale] = (ours, pml)
-        print(json.dumps({"scale": scale, "ours": ours, "pml": pml}), flush=True)  # raw, as it completes
+        repeats = opt.repeats or (1 if scale in ("sop", "inat") else 5)
+        for mode in modes:
+            with contention(mode == "contended") as spinners:
+                before = load()
+                ours = in_subprocess("ours", scale, opt.threads, opt.backend, repeats)
+                pml = None if opt.no_pml else in_subprocess("pml", scale, opt.threads, opt.backend, repeats)
+                after = load()
+            results[(scale, mode)] = (ours, pml, before, after)
+            raw = {"scale": scale, "mode": mode, "spinners": spinners, "load": [before, after], "ours": ours}
+            print(json.dumps({**raw, "pml": pml}), flush=True)  # raw, as it completes
+    print(f"load (1 min) {load():.2f} at end")
 
-    print(f"\nthreads={opt.threads}, backend={opt.backend}, D={DIM}; times in seconds, memory in MB")
-    stages = sorted({s for ours, _ in results.values() for s in ours["stages"]})
+    print(
+        f"\nthreads={opt.threads}, backend={opt.backend}, D={DIM}; wall seconds (median run), memory in MB; "
+        "CPU s = the process's CPU seconds in that run, all threads (on a loaded machine the wall time "
+        "stretches, the CPU time much less)"
+    )
+    stages = sorted({s for ours, *_ in results.values() for s in ours["stages"]})
     head = [
         "scale",
         "N",
         "#metrics",
+        "mode",
+        "load before→after",
         "ours total",
         *stages,
+        "ours CPU s",
         "ours extra MB",
         "PML total",
+        "PML CPU s",
         "PML extra MB",
         "PML / ours",
     ]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
-    for scale, (ours, pml) in results.items():
+    for (scale, mode), (ours, pml, before, after) in results.items():
         row = [
             scale,
-            str(SCALES[scale]["n"]),
+            f"{SCALES[scale]['n']:,}",
             str(len(metric_names(scale))),
+            mode,
+            f"{before:.1f}→{after:.1f}",
             f"{ours['total']:.2f}",
             *(f"{ours['stages'].get(s, 0.0):.2f}" for s in stages),
+            f"{ours['cpu']:.2f}",
             f"{ours['extra_mb']:.0f}",
         ]
         if pml:
-            row += [f"{pml['total']:.2f}", f"{pml['extra_mb']:.0f}", f"{pml['total'] / ours['total']:.1f}x"]
+            row += [f"{pml['total']:.2f}", f"{pml['cpu']:.2f}", f"{pml['extra_mb']:.0f}"]
+            row.append(f"{pml['total'] / ours['total']:.1f}x")
         else:
-            row += ["-", "-", "-"]
+            row += ["-", "-", "-", "-"]
         print("| " + " | ".join(row) + " |")
 
+    for mode in modes:
+        growth_table({s: results[(s, m)][0] for s, m in results if m == mode}, stages, mode)
+
     print("\nfaiss-cpu exact kNN search (IndexFlatL2, every query) for reference, seconds:")
-    for scale, (ours, _) in results.items():
+    for (scale, mode), (ours, *_) in results.items():
         ref = ", ".join(f"{k}: {v:.2f}" for k, v in ours.get("faiss_knn", {}).items())
-        print(f"{scale}: {ref} (our whole ranking pass: {ours['stages'].get('ranking', 0.0):.2f})")
+        print(f"{scale} ({mode}): {ref} (our whole ranking pass: {ours['stages'].get('ranking', 0.0):.2f})")
 
     pairs = [
         ("precision@1", "precision_at_1"),
@@ -411,7 +550,9 @@ def main() -> None:
         "\nmetric values (ours | PML, same data; NMI/AMI: each its own k-means; PML's mean AP and MRR "
         "only see the first k = max class size results, ours are exact)"
     )
-    for scale, (ours, pml) in results.items():
+    for (scale, mode), (ours, pml, *_) in results.items():
+        if mode != modes[0]:
+            continue  # the same numbers in every mode
         shared = ", ".join(
             f"{a} {ours['values'][a]:.4f} | {pml['values'][b]:.4f}"
             for a, b in pairs
@@ -421,6 +562,49 @@ def main() -> None:
         print(f"{scale} (ours, all): " + ", ".join(f"{k} {v:.4f}" for k, v in ours["values"].items()))
         if pml:
             print(f"{scale} (PML, all): " + ", ".join(f"{k} {v:.4f}" for k, v in pml["values"].items()))
+
+
+def slope(ns: list[int], values: list[float]) -> float:
+    """Least-squares slope of log(value) over log(N): the exponent p of value ∝ N^p."""
+    pts = [(math.log(n), math.log(v)) for n, v in zip(ns, values, strict=True) if v > 0]
+    if len(pts) < 2:
+        return float("nan")
+    mx = sum(x for x, _ in pts) / len(pts)
+    my = sum(y for _, y in pts) / len(pts)
+    sxx = sum((x - mx) ** 2 for x, _ in pts)
+    return sum((x - mx) * (y - my) for x, y in pts) / sxx if sxx > 0 else float("nan")
+
+
+def growth_table(ours: dict[str, dict], stages: list[str], mode: str) -> None:
+    """Seconds per stage and peak extra MB at each scale, and their exponent of N."""
+    scales = sorted(ours, key=lambda s: SCALES[s]["n"])
+    if len(scales) < 2:
+        return
+    ns = [SCALES[s]["n"] for s in scales]
+    rows = [("total s", [ours[s]["total"] for s in scales])]
+    rows += [(f"{st} s", [ours[s]["stages"].get(st, 0.0) for s in scales]) for st in stages]
+    rows.append(("extra MB", [ours[s]["extra_mb"] for s in scales]))
+    steps = list(itertools.pairwise(scales))
+    print(
+        f"\ngrowth with N ({mode}): exponent p of value ∝ N^p, fitted over {', '.join(scales)}, and "
+        f"between consecutive scales (k-means k = classes: "
+        + ", ".join(f"{s} {SCALES[s]['classes']:,}" for s in scales)
+        + ")"
+    )
+    head = ["quantity", *(f"{s} (N={SCALES[s]['n']:,})" for s in scales), "exponent (fit)"]
+    head += [f"{a}→{b}" for a, b in steps]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for name, values in rows:
+        row = [name, *(f"{v:.3f}" if name.endswith(" s") else f"{v:.0f}" for v in values)]
+        row.append(f"{slope(ns, values):.2f}")
+        for a, b in steps:
+            i, j = scales.index(a), scales.index(b)
+            row.append(f"{slope([ns[i], ns[j]], [values[i], values[j]]):.2f}")
+        print("| " + " | ".join(row) + " |")
+    if "sop" in ours and "inat" in ours:
+        t, m = ours["inat"]["total"] / ours["sop"]["total"], ours["inat"]["extra_mb"]
+        print(f"iNat / SOP time: {t:.2f}x (target <= 4x); iNat extra memory: {m:.0f} MB (target <= 1024 MB)")
 
 
 if __name__ == "__main__":

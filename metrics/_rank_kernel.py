@@ -71,17 +71,25 @@ def _is_sparse(row, hi_bits, mode):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _rank_block(bits, members, start, stop, self_pos, out, mode):  # pragma: no cover - compiled
-    n_rows = bits.shape[0]
+def _rank_block(d, q_sq, members, start, stop, self_pos, out, mode):  # pragma: no cover - compiled
+    n_rows = d.shape[0]
     width = out.shape[1]
     for i in prange(n_rows):
+        # finish the distances here, on a row still in cache, instead of two more parallel passes
+        # over the whole block (torch's add_ and clamp_min_); the same float32 values
+        row_f = d[i]
+        qi = q_sq[i]
+        for g in range(row_f.shape[0]):
+            v = row_f[g] + qi
+            row_f[g] = v if v > 0 else np.float32(0.0)
+        row = row_f.view(np.int32)
         own = self_pos[i]
         keys = np.empty(stop[i] - start[i] + 1, np.int64)
         n = 0
         for m in range(start[i], stop[i]):
             c = members[m]
             if c != own:
-                keys[n] = (max(np.int64(bits[i, c]), 0) << 32) | c
+                keys[n] = (max(np.int64(row[c]), 0) << 32) | c
                 n += 1
         if n == 0:
             continue
@@ -102,13 +110,12 @@ def _rank_block(bits, members, start, stop, self_pos, out, mode):  # pragma: no 
             lut[j] = h
         lut[nbins] = n  # everything above the largest relevant distance
         counts = np.zeros(n + 1, np.int64)
-        row = bits[i]
         if _is_sparse(row, keys[n - 1] >> 32, mode):
             _count_row_sparse(row, keys, n, lut, lo, nbins, shift, counts)
         else:
             _count_row(row, keys, lut, lo, nbins, shift, counts)
         if own >= 0:  # the query itself was counted above: take it out again
-            key = (max(np.int64(bits[i, own]), 0) << 32) | own
+            key = (max(np.int64(row[own]), 0) << 32) | own
             b = 0
             while keys[b] < key:
                 b += 1
@@ -119,19 +126,22 @@ def _rank_block(bits, members, start, stop, self_pos, out, mode):  # pragma: no 
             out[i, h] = acc
 
 
-def run(x, query_idx, g, g_sq, members, start, stop, self_pos, out, rows, distances, mode=0) -> None:
-    """Fill ``out`` (Nq, W) block by block: BLAS distances, then the kernel on the block.
-    ``mode``: 0 picks the dense or sparse pass per row, 1 / 2 force one (for tests)."""
+def run(x, query_idx, g, g_sq, members, start, stop, self_pos, out, rows, mode=0) -> None:
+    """Fill ``out`` (Nq, W) block by block: BLAS computes |g|² − 2 q·g, the kernel adds |q|², clamps
+    at 0 (the distances of :func:`metrics.ranking._distances`) and ranks. ``mode``: 0 picks the
+    dense or sparse pass per row, 1 / 2 force one (for tests)."""
     members_np = members.numpy()
     start_np, stop_np, self_np = start.numpy(), stop.numpy(), self_pos.numpy()
     out_np = out.numpy()
+    q_sq = x[query_idx].pow(2).sum(1).numpy()  # once, not one small parallel region per block
     buf = torch.empty(min(rows, len(query_idx)), len(g), dtype=torch.float32)
     for s in range(0, len(query_idx), rows):
         e = min(s + rows, len(query_idx))
-        d = distances(x[query_idx[s:e]], g, g_sq, out=buf[: e - s])
+        d = torch.addmm(g_sq[None, :], x[query_idx[s:e]], g.T, alpha=-2.0, out=buf[: e - s])
         with numba_threads_like_torch():  # torch's BLAS keeps its own thread count between blocks
             _rank_block(
-                d.numpy().view(np.int32),
+                d.numpy(),
+                q_sq[s:e],
                 members_np,
                 start_np[s:e],
                 stop_np[s:e],

@@ -34,6 +34,7 @@ import torch
 
 from metrics import faiss_search, ranking
 from metrics import kmeans as _kmeans
+from metrics._threads import stage_threads
 
 NORM_TOL = 1e-4  # rows within this of unit norm count as normalised (cosine view = Euclidean view)
 
@@ -149,12 +150,16 @@ class EvalContext:
 
     @cached_property
     def normalized(self) -> torch.Tensor:
-        return torch.nn.functional.normalize(self.embeddings, dim=1)
+
+        with stage_threads(self.embeddings.numel(), self.device):
+            return torch.nn.functional.normalize(self.embeddings, dim=1)
 
     @cached_property
     def is_unit_norm(self) -> bool:
-        norms = self.embeddings.norm(dim=1)
-        return bool(((norms - 1).abs() <= NORM_TOL).all())
+
+        with stage_threads(self.embeddings.numel(), self.device):
+            norms = self.embeddings.norm(dim=1)
+            return bool(((norms - 1).abs() <= NORM_TOL).all())
 
     def view(self, name: str) -> str:
         """The search/cluster space of a view; ``cosine`` collapses to ``euclidean`` on unit-norm rows."""
@@ -251,15 +256,22 @@ class EvalContext:
     @cached_property
     def spectrum(self) -> torch.Tensor:
         """Singular values (descending, float64) of the un-centred (N, D) embedding matrix."""
+
         with self._timed("svd"):
             x = self.embeddings.double()
-            eig = torch.linalg.eigvalsh(x.T @ x).clamp_min(0).flip(0)
+            n, d = x.shape
+            with stage_threads(n * d * d, self.device):
+                gram = x.T @ x
+            # one region per column in LAPACK's tridiagonalisation: a D×D problem stays on one thread
+            with stage_threads(d**3, self.device):
+                eig = torch.linalg.eigvalsh(gram).clamp_min(0).flip(0)
             return eig[: min(x.shape)].sqrt()
 
     @cached_property
     def class_stats(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(C,) class sizes, (C, D) sums of the L2-normalised members and (C,) sums of their |z|²."""
-        with self._timed("class_stats"):
+
+        with self._timed("class_stats"), stage_threads(self.embeddings.numel(), self.device):
             _, inv = torch.unique(self.labels, return_inverse=True)
             counts = torch.bincount(inv)
             z = self.normalized.double()

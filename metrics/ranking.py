@@ -46,6 +46,8 @@ from __future__ import annotations
 
 import torch
 
+from metrics import _threads
+
 # distance-matrix elements per row block: 16 MB of float32, cache-friendlier than larger blocks
 BLOCK_ELEMENTS = 2**22
 BACKENDS = ("auto", "numba", "torch", "faiss")
@@ -151,6 +153,14 @@ def relevant_ranks(
     """(Nq, width) int64: the sorted ranks of the first ``width`` relevant items of each query;
     columns beyond a query's R hold :data:`PAD` (larger than any rank or cutoff). ``numba_mode``
     (tests): 0 lets the kernel pick its dense or sparse pass per row, 1 / 2 force one."""
+
+    # a CUB-scale pass (4.5G multiply-adds in 16 MB blocks) keeps torch's threads, a tiny one runs on one
+    work = len(query_idx) * len(gallery_idx) * x.shape[1]
+    with _threads.stage_threads(work, x.device):
+        return _relevant_ranks(x, labels, query_idx, gallery_idx, width, backend, chunk, numba_mode)
+
+
+def _relevant_ranks(x, labels, query_idx, gallery_idx, width, backend, chunk, numba_mode):
     device = x.device
     n_g = len(gallery_idx)
     backend = resolve_backend(backend, device, len(query_idx) * n_g)
@@ -167,9 +177,7 @@ def relevant_ranks(
     if backend == "numba":
         from metrics import _rank_kernel  # lazy: loading the numba kernel costs ~1 s per process
 
-        _rank_kernel.run(
-            x, query_idx, g, g_sq, members, start, stop, self_pos, out, rows, _distances, numba_mode
-        )
+        _rank_kernel.run(x, query_idx, g, g_sq, members, start, stop, self_pos, out, rows, numba_mode)
         return out
     for s in range(0, len(query_idx), rows):
         e = min(s + rows, len(query_idx))
