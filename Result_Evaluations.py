@@ -107,7 +107,7 @@ import re
 import sys
 import unicodedata
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -702,15 +702,10 @@ def latex_single_table(rows: list[dict[str, Any]], dataset: str, columns: list[C
     columns = table_columns(rows, dataset) if columns is None else columns
     metric_columns = [c for c in columns if not c.cost]
     best = best_values(rows, [(c.key, c.scale) for c in metric_columns])
-    body: list[list[str] | str] = []
-    previous = False
-    for row in rows:
-        if row["regularised"] and body and not previous:
-            body.append("\\midrule")  # baselines above, rho-regularised variants below
-        previous = row["regularised"]
-        body.append([latex_escape(row["method"]) + _sup(_marks(row)),
-                     *[column_cell(row, c, best=best) for c in metric_columns], cell(row, "epoch", 1),
-                     str(row["n_seeds"])])  # fmt: skip
+    body = _grouped_body(rows, lambda row: [
+        latex_escape(row["method"]) + _sup(_marks(row)),
+        *[column_cell(row, c, best=best) for c in metric_columns], cell(row, "epoch", 1), str(row["n_seeds"]),
+    ])  # fmt: skip
     protocol = rows[0]["protocol"]
     name = DATASET_NAMES.get(dataset, dataset)
     what = f"{latex_escape(name)}: " + latex_escape(_on_split(metric_columns))
@@ -724,6 +719,21 @@ def latex_single_table(rows: list[dict[str, Any]], dataset: str, columns: list[C
     return _latex_table(caption, label, 3 + len(metric_columns), [header, "\\midrule"], body)
 
 
+def _grouped_body(
+    rows: list[dict[str, Any]], cells: Callable[[dict[str, Any]], list[str]]
+) -> list[list[str] | str]:
+    """One table line of ``cells(row)`` per row: the baselines, then a rule, then the
+    rho-regularised variants (rows arrive in that order)."""
+    body: list[list[str] | str] = []
+    previous = False
+    for row in rows:
+        if row["regularised"] and body and not previous:
+            body.append("\\midrule")
+        previous = row["regularised"]
+        body.append(cells(row))
+    return body
+
+
 def latex_cost_table(rows: list[dict[str, Any]], dataset: str) -> str:
     """``--cost``: Method & R@1 & Seeds & the :func:`cost_columns` of ``dataset``'s runs (the
     ``selected`` rows; "--" where the runs did not record a quantity); "" without rows. A table of
@@ -734,14 +744,10 @@ def latex_cost_table(rows: list[dict[str, Any]], dataset: str) -> str:
     recall = Column("R@1", "testing/e_recall@1")
     costs = cost_columns()
     best = best_values(rows, [(recall.key, recall.scale)])
-    body: list[list[str] | str] = []
-    previous = False
-    for row in rows:
-        if row["regularised"] and body and not previous:
-            body.append("\\midrule")  # baselines above, rho-regularised variants below
-        previous = row["regularised"]
-        body.append([latex_escape(row["method"]) + _sup(_marks(row)), column_cell(row, recall, best=best),
-                     str(row["n_seeds"]), *[column_cell(row, c) for c in costs]])  # fmt: skip
+    body = _grouped_body(rows, lambda row: [
+        latex_escape(row["method"]) + _sup(_marks(row)), column_cell(row, recall, best=best),
+        str(row["n_seeds"]), *[column_cell(row, c) for c in costs],
+    ])  # fmt: skip
     what = (
         f"{latex_escape(DATASET_NAMES.get(dataset, dataset))}: cost of the runs, with R@1 on the test split"
     )
