@@ -8,8 +8,9 @@ descheduled, and with GNU OpenMP's default wait policy the threads that are done
 barrier, holding the core the late thread needs, so a region costs a scheduler time slice instead
 of microseconds. A stage made of many small regions then pays that once per region: measured on
 the 2-core development machine under load, a 1M-element ``add_`` took 0.7 ms on one thread and 19
-ms on two, a CUB-scale k-means (about 400 small regions) 0.8 s and 4.6 s, and ``eigvalsh`` of a
-128×128 matrix (MKL's tridiagonalisation is one region per column) ~0.6 ms and 20-40 ms.
+ms on two, a CUB-scale k-means (hundreds of small regions) 0.8 s and 4.6 s, and ``eigvalsh`` of a
+128×128 matrix (LAPACK's tridiagonalisation: many small BLAS calls, each a region) ~0.6 ms and
+20-40 ms.
 So :func:`stage_threads` gives a stage one thread per :data:`WORK_PER_THREAD` multiply-adds, never
 more than ``torch.get_num_threads()``: CUB/CARS-scale k-means, the spectrum's eigen-decomposition
 and the class statistics run on one thread, the ranking pass and SOP-scale k-means (regions of

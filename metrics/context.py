@@ -262,7 +262,7 @@ class EvalContext:
             n, d = x.shape
             with stage_threads(n * d * d, self.device):
                 gram = x.T @ x
-            # one region per column in LAPACK's tridiagonalisation: a D×D problem stays on one thread
+            # LAPACK makes many small parallel BLAS calls here: a D×D problem stays on one thread
             with stage_threads(d**3, self.device):
                 eig = torch.linalg.eigvalsh(gram).clamp_min(0).flip(0)
             return eig[: min(x.shape)].sqrt()

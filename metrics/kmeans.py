@@ -109,7 +109,7 @@ def kmeans(
     picks the nearest-centroid pass (see :func:`nearest_two`); every backend gives the same result."""
 
     x, k = prepare(x, k, spherical)
-    # CUB scale (76M multiply-adds per pass, some 400 small parallel regions) runs on one thread,
+    # CUB scale (76M multiply-adds per pass, hundreds of small parallel regions) runs on one thread,
     # SOP scale on torch's; the late passes that re-check few points stay on the stage's count, so
     # SOP-scale clusters are today's (a 1-row product rounds differently on one and two threads)
     with _threads.stage_threads(len(x) * k * x.shape[1], x.device):
