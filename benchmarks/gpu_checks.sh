@@ -33,7 +33,7 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a limit, log to $OUT/NAME.t
 } 2>&1 | tee "$OUT/machine.txt"
 
 stage cuda_tests "${CUDA_TESTS_S:-240}" $PY -m pytest -m cuda -q -p no:cacheprovider -rfE
-stage bench_train "${BENCH_TRAIN_S:-240}" $PY benchmarks/bench_train.py ${BENCH_TRAIN_ARGS:---device cuda --amp --channels_last --arch resnet50_frozen_normalize,timm:vit_small_patch16_224_normalize --bs 112 --steps 52 --warmup 10 --kernels 8,15 --loaders plain,cache,cache+persistent,decode_jpeg --data_root /tmp/bench_train} --json "$OUT/bench_train.json"
+stage bench_train "${BENCH_TRAIN_S:-240}" $PY benchmarks/bench_train.py ${BENCH_TRAIN_ARGS:---device cuda --amp --channels_last --arch resnet50_frozen_normalize,timm:vit_small_patch16_224_normalize --bs 112 --steps 52 --warmup 10 --kernels 8,15 --loaders plain,cache,decode_jpeg --data_root /tmp/bench_train} --json "$OUT/bench_train.json"
 stage eval_gpu "${EVAL_GPU_S:-120}" $PY - <<'PY'
 import json, os, sys, time
 sys.path.insert(0, "benchmarks")
