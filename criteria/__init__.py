@@ -5,7 +5,8 @@ Contract: ``criterion = select(name, opt, n_classes=C, batchminer=miner)``;
 long; the result is a finite, differentiable scalar (0 with a graph when nothing is mined).
 Each loss class has a keyword-only constructor: parameters with defaults are its hyperparameters
 (one ``--loss_<name>_<param>`` flag each), parameters without are context (``batchminer``,
-``n_classes``, ``embed_dim``, ``lr``, the network's learning rate that proxy losses multiply).
+``n_classes``, ``embed_dim``, ``lr``, the network's learning rate that proxy losses multiply,
+``seed``, which seeds a Monte-Carlo loss's generators).
 Each class declares ``requires_miner``, the ``tuple_kinds`` it accepts from a miner and
 ``supports_xbm``; learnable parameters are exposed through ``param_groups()`` with their own
 learning rates. ``--xbm_size M`` wraps a loss that supports it in a cross-batch memory
@@ -51,6 +52,7 @@ from . import (
     supcon,
     triplet,
 )
+from ._common import DIRAC
 from .xbm import CrossBatchMemory
 
 REGISTRY = Registry("loss", flag_prefix="loss")
@@ -92,6 +94,12 @@ def requires_miner(name: str) -> bool:
     return REGISTRY.get(name).requires_miner
 
 
+def distribution(name: str) -> str:
+    """What loss ``name`` trains: ``dirac`` (a point embedding) or the ``gaussian`` / ``vmf``
+    distribution it expects the network to emit (packed as in criteria/_common.py)."""
+    return getattr(REGISTRY.get(name), "distribution", DIRAC)
+
+
 def select(name: str, opt: argparse.Namespace, *, n_classes: int, batchminer=None) -> nn.Module:
     """Build loss ``name`` for ``n_classes`` training classes, checking that ``batchminer``
     produces a tuple kind the loss accepts.
@@ -118,7 +126,13 @@ def select(name: str, opt: argparse.Namespace, *, n_classes: int, batchminer=Non
                 f"{batchminer.tuple_kind}; pick a miner that produces {accepted}"
             )
     criterion = REGISTRY.build(
-        name, opt, n_classes=n_classes, embed_dim=opt.embed_dim, lr=opt.lr, batchminer=batchminer
+        name,
+        opt,
+        n_classes=n_classes,
+        embed_dim=opt.embed_dim,
+        lr=opt.lr,
+        batchminer=batchminer,
+        seed=opt.seed,
     )
     if xbm:
         criterion = WRAPPERS.build("xbm", opt, criterion=criterion, embed_dim=opt.embed_dim)

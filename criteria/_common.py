@@ -10,6 +10,14 @@ holds the three bases of the losses:
   construction (:func:`check_miner`) and mined in one place (:func:`mine_tuples`);
 * :class:`ClassWeightLoss`: losses with one learnable (rows, D) table of class weights, proxies or
   centres, with its own optimizer group (:meth:`ClassWeightLoss.param_groups`).
+
+**Probabilistic embeddings.** A loss that learns a distribution per image declares
+``distribution = GAUSSIAN`` or ``VMF`` (deterministic losses: ``DIRAC``) and receives the packed
+batch the network's distribution head emits: ``[μ | log σ²]`` (B, 2D) for a diagonal Gaussian,
+``[μ | log κ]`` (B, D + 1) for a von Mises–Fisher distribution (μ unit-norm);
+:func:`split_gaussian` / :func:`split_vmf` unpack it. Monte-Carlo losses draw from
+:class:`SeededGenerators` (one ``torch.Generator`` per device seeded with the run's seed, its
+state in the loss's state dict), so a resumed run draws the same samples.
 """
 
 from __future__ import annotations
@@ -23,6 +31,13 @@ TRIPLETS = "triplets"  # (anchors, positives, negatives): three LongTensors of e
 PAIRS = "pairs"  # (a1, p, a2, n): positive pairs (a1, p) and negative pairs (a2, n)
 NPAIR = "npair"  # (anchors, positives, neg_mask): (A,), (A,), (A, B) bool
 LIFTED = "lifted"  # (anchors, pos_mask, neg_mask): (A,), (A, B) bool, (A, B) bool
+
+# What the network emits per image: a point (the embedding), or the parameters of a distribution
+# packed after the mean (see split_gaussian / split_vmf).
+DIRAC = "dirac"  # (B, D): the embedding
+GAUSSIAN = "gaussian"  # (B, 2D): mean μ, then log-variances log σ² (diagonal covariance)
+VMF = "vmf"  # (B, D + 1): unit mean direction μ, then the log-concentration log κ
+DISTRIBUTIONS = (DIRAC, GAUSSIAN, VMF)
 
 
 def pairwise_distances(x: torch.Tensor, squared: bool = False, eps: float = 1e-12) -> torch.Tensor:
@@ -349,3 +364,56 @@ class ClassWeightLoss(nn.Module):
     def forward(self, batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """batch: (B, D) embeddings; labels: (B,) class ids in [0, n_classes). Returns a scalar."""
         raise NotImplementedError
+
+
+# ---- probabilistic embeddings ------------------------------------------------------------------
+
+
+def split_gaussian(batch: torch.Tensor, embed_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed (B, 2D) ``[μ | log σ²]`` -> μ (B, D), log σ² (B, D)."""
+    if batch.dim() != 2 or batch.shape[1] != 2 * embed_dim:
+        raise ValueError(
+            f"a Gaussian embedding of dimension {embed_dim} is packed as (B, {2 * embed_dim}) "
+            f"[mean | log-variance]; got {tuple(batch.shape)} (--embedding_distribution gaussian?)"
+        )
+    return batch[:, :embed_dim], batch[:, embed_dim:]
+
+
+def split_vmf(batch: torch.Tensor, embed_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed (B, D + 1) ``[μ | log κ]`` -> unit μ (B, D), log κ (B,)."""
+    if batch.dim() != 2 or batch.shape[1] != embed_dim + 1:
+        raise ValueError(
+            f"a von Mises-Fisher embedding of dimension {embed_dim} is packed as (B, {embed_dim + 1}) "
+            f"[mean direction | log-concentration]; got {tuple(batch.shape)} (--embedding_distribution vmf?)"
+        )
+    return batch[:, :embed_dim], batch[:, embed_dim]
+
+
+class SeededGenerators:
+    """Mixin for an ``nn.Module`` loss that draws random numbers (Monte-Carlo samples).
+
+    Call :meth:`init_generators` in ``__init__`` with the run's seed (context ``seed``); draw with
+    ``generator=self.generator(device)``. The states of all generators are the module's extra state,
+    so they are saved with the loss's ``state_dict`` and a resumed run continues the same stream; a
+    state restored for a device not used yet is applied when that device is first asked for (a
+    checkpoint written on a GPU loads on a CPU-only machine)."""
+
+    def init_generators(self, seed: int) -> None:
+        self.seed = int(seed)
+        self._generators: dict[str, torch.Generator] = {}
+        self._pending: dict[str, torch.Tensor] = {}
+
+    def generator(self, device: torch.device | str) -> torch.Generator:
+        key = str(torch.device(device))
+        if key not in self._generators:
+            gen = torch.Generator(device=device).manual_seed(self.seed)
+            if key in self._pending:
+                gen.set_state(self._pending.pop(key))
+            self._generators[key] = gen
+        return self._generators[key]
+
+    def get_extra_state(self) -> dict[str, torch.Tensor]:
+        return {**self._pending, **{k: g.get_state() for k, g in self._generators.items()}}
+
+    def set_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        self._generators, self._pending = {}, dict(state)

@@ -18,7 +18,7 @@ import criteria
 from tests.criteria.helpers import STUB_MINERS
 
 CRITERIA = Path(criteria.__file__).resolve().parent
-CONTEXT = {"n_classes": 4, "embed_dim": 8, "lr": 1e-3}
+CONTEXT = {"n_classes": 4, "embed_dim": 8, "lr": 1e-3, "seed": 0}
 
 
 def _absolute_imports(path: Path) -> set[str]:

@@ -17,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 import criteria
-from criteria._common import LIFTED, NPAIR, PAIRS, TRIPLETS
+from criteria._common import DIRAC, GAUSSIAN, LIFTED, NPAIR, PAIRS, TRIPLETS, VMF
 from criteria.xbm import CrossBatchMemory
 from tests.conftest import requires_cuda
 from tests.criteria.helpers import STUB_MINERS, FixedMiner
@@ -33,7 +33,7 @@ EXPECTED = {  # the benchmark's list: the study's 14, the 12 beyond it (fastap a
 }  # fmt: skip
 
 
-CONTEXT = {"n_classes", "embed_dim", "lr", "batchminer"}  # what select() can hand to a loss
+CONTEXT = {"n_classes", "embed_dim", "lr", "batchminer", "seed"}  # what select() can hand to a loss
 
 
 def parse(args: list[str]) -> argparse.Namespace:
@@ -49,7 +49,7 @@ def opt() -> argparse.Namespace:
     """Default loss flags plus the global flags select() and build_optimizer read (their defaults);
     ``n_classes`` is kept on the namespace for the tests' ``build``."""
     namespace = parse([])
-    namespace.embed_dim, namespace.lr, namespace.n_classes = 16, 1e-5, 10
+    namespace.embed_dim, namespace.lr, namespace.n_classes, namespace.seed = 16, 1e-5, 10, 0
     namespace.decay, namespace.optim, namespace.fc_lr = 4e-4, "adam", -1.0
     return namespace
 
@@ -61,11 +61,26 @@ def build(name: str, opt: argparse.Namespace, batchminer=None):
     return criteria.select(name, opt, n_classes=opt.n_classes, batchminer=batchminer)
 
 
-def batch(dtype=torch.float32, scale: float = 1.0, seed: int = 0):
+def packed(name: str, x: torch.Tensor, g: torch.Generator, scale: float = 1.0) -> torch.Tensor:
+    """``x`` (B, D) as the network hands it to loss ``name``: the point itself, or a distribution
+    packed as in criteria/_common.py (log σ² around 0; unit μ with κ of order 10 · ``scale``)."""
+    kind = criteria.distribution(name)
+    if kind == GAUSSIAN:
+        return torch.cat([x, 0.5 * torch.randn(x.shape, generator=g, dtype=x.dtype)], dim=1)
+    if kind == VMF:
+        log_kappa = torch.log(10.0 * torch.tensor(scale, dtype=x.dtype)) + 0.3 * torch.randn(
+            len(x), 1, generator=g, dtype=x.dtype
+        )
+        return torch.cat([torch.nn.functional.normalize(x, dim=1), log_kappa], dim=1)
+    assert kind == DIRAC
+    return x
+
+
+def batch(dtype=torch.float32, scale: float = 1.0, seed: int = 0, name: str = "margin"):
     g = torch.Generator().manual_seed(seed)
     x = torch.nn.functional.normalize(torch.randn(20, 16, generator=g, dtype=dtype), dim=1) * scale
     labels = torch.arange(5).repeat_interleave(4)[torch.randperm(20, generator=g)] + 3
-    return x.requires_grad_(), labels
+    return packed(name, x, g, scale).requires_grad_(), labels
 
 
 def test_every_issue_criterion_is_registered():
@@ -88,7 +103,7 @@ def test_declares_the_contract(name):
         assert hp.help, f"{name}.{hp.param} has no help"
         assert f"--{hp.flag}" in module_doc, f"the docstring of '{name}' does not document --{hp.flag}"
     # constructible from plain keyword arguments, without a namespace; hyperparameters are attributes
-    values = {"n_classes": 4, "embed_dim": 8, "lr": 1e-3}
+    values = {"n_classes": 4, "embed_dim": 8, "lr": 1e-3, "seed": 0}
     values["batchminer"] = STUB_MINERS[cls.tuple_kinds[0]]() if cls.requires_miner else None
     plain = cls(**{k: values[k] for k in context})
     assert isinstance(plain, torch.nn.Module) and not hasattr(plain, "hp")
@@ -101,7 +116,7 @@ def test_declares_the_contract(name):
 def test_forward_backward_finite(name, dtype, opt):
     criterion = build(name, opt).to(dtype)
     for scale in (1.0, 4.0):  # normalised and unnormalised input
-        x, labels = batch(dtype, scale)
+        x, labels = batch(dtype, scale, name=name)
         value = criterion(x, labels)
         assert value.dim() == 0 and value.dtype == dtype and torch.isfinite(value)
         params = [x, *criterion.parameters()]
@@ -123,11 +138,11 @@ def test_param_groups_and_state_dict_round_trip(name, opt):
     # one optimisation step + one training forward (moves parameters and stateful buffers)
     if groups:
         optim = torch.optim.SGD(groups)
-        x, labels = batch()
+        x, labels = batch(name=name)
         criterion(x, labels).backward()
         optim.step()
     criterion.train()
-    criterion(*batch(seed=1))
+    criterion(*batch(seed=1, name=name))
     state = {k: v.clone() for k, v in criterion.state_dict().items()}
 
     torch.manual_seed(2)
@@ -136,7 +151,7 @@ def test_param_groups_and_state_dict_round_trip(name, opt):
     for key, value in restored.state_dict().items():
         assert torch.equal(value, state[key]), key
     criterion.eval(), restored.eval()
-    x, labels = batch(seed=3)
+    x, labels = batch(seed=3, name=name)
     assert torch.equal(criterion(x, labels), restored(x, labels))
 
 
@@ -257,7 +272,7 @@ def test_cuda_matches_cpu(name, opt):
     gpu = build(name, opt).double().eval()
     gpu.load_state_dict(cpu.state_dict())
     gpu = gpu.cuda()
-    x, labels = batch(torch.float64)
+    x, labels = batch(torch.float64, name=name)
     xg = x.detach().cuda().requires_grad_()
     value_cpu, value_gpu = cpu(x, labels), gpu(xg, labels.cuda())
     (grad_cpu,), (grad_gpu,) = torch.autograd.grad(value_cpu, [x]), torch.autograd.grad(value_gpu, [xg])
@@ -290,8 +305,10 @@ def test_class_losses_use_o_bc_memory(name, opt):
     B, C, D = 32, 300, 64
     opt.n_classes, opt.embed_dim = C, D
     criterion = build(name, opt)
-    x = torch.nn.functional.normalize(torch.randn(B, D), dim=1).requires_grad_()
-    labels = torch.randint(0, C, (B,))
+    g = torch.Generator().manual_seed(0)
+    x = packed(name, torch.nn.functional.normalize(torch.randn(B, D, generator=g), dim=1), g)
+    x.requires_grad_()
+    labels = torch.randint(0, C, (B,), generator=g)
     with _LargestTensor() as probe:
         criterion(x, labels).backward()
     assert 0 < probe.largest <= 4 * C * D < B * C * D / 2
