@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/bench_losses.py [--threads 2] [--repeats 30] [--big-repeats 10]
 
-Batch: B = 112 L2-normalised 128-D embeddings, as 56 classes × 2 and 28 classes × 4. Criteria that
+Batch: B = 112 L2-normalised 128-D embeddings, as 56 classes × 2 and 28 classes × 4 (for the
+probabilistic losses, with their log-variances or log-concentration packed after them). Criteria that
 consume tuples run with their default miner (triplets: ``distance``, the study's default;
 ``npair``/``lifted``: the miners of the same name). Losses with class weights or proxies use
 C = 100 classes (CUB/CARS-sized) and, in a second block, C = 11,318 (SOP's training classes).
@@ -169,8 +170,19 @@ def fwd_bwd(loss_fn, x, y, *extra):
 
 
 def build(name: str, n_classes: int, miner):
-    given = {"n_classes": n_classes, "embed_dim": 128, "lr": 1e-5, "batchminer": miner}
+    given = {"n_classes": n_classes, "embed_dim": 128, "lr": 1e-5, "batchminer": miner, "seed": 0}
     return criteria.REGISTRY.get(name)(**{k: given[k] for k in criteria.REGISTRY.context(name)})
+
+
+def network_output(name: str, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """What the network hands loss ``name`` for the points ``x``: ``x`` itself, or a distribution
+    packed after it (log σ² per dimension, or log κ), as ``--embedding_distribution`` heads emit."""
+    kind = criteria.distribution(name)
+    if kind == "gaussian":
+        return torch.cat([x, torch.randn(x.shape, generator=g) - 2.0], dim=1)
+    if kind == "vmf":
+        return torch.cat([x, math.log(50.0) + 0.3 * torch.randn(len(x), 1, generator=g)], dim=1)
+    return x
 
 
 def run(names, n_classes_for_proxies: int, configs, repeats: int, g: torch.Generator) -> list[tuple]:
@@ -181,8 +193,8 @@ def run(names, n_classes_for_proxies: int, configs, repeats: int, g: torch.Gener
         for n_cls, spc in configs:
             classes = torch.randperm(max(n_classes_for_proxies, n_cls), generator=g)[:n_cls]
             y = classes.repeat_interleave(spc)
-            x = torch.nn.functional.normalize(
-                torch.randn(n_cls * spc, 128, generator=g), dim=1
+            x = network_output(
+                name, torch.nn.functional.normalize(torch.randn(n_cls * spc, 128, generator=g), dim=1), g
             ).requires_grad_()
             miner_name, tuples = "-", None
             fns = []
