@@ -34,23 +34,32 @@ from . import (
     contrastive,
     cosface,
     curricularface,
+    dsml,
+    dul_cls,
+    dul_reg,
     elasticface,
     fastap,
+    hib,
     histogram,
     lifted,
     margin,
     multisimilarity,
     npair,
+    pfe,
     proxyanchor,
     proxynca,
     quadruplet,
+    scf,
     snr,
     softmax,
     softtriplet,
+    spe,
     sphereface,
     subcenter_arcface,
     supcon,
     triplet,
+    vmf_fl,
+    vmf_loss,
 )
 from ._common import DIRAC
 from .xbm import CrossBatchMemory
@@ -65,23 +74,32 @@ for _cls in (
     contrastive.ContrastiveLoss,
     cosface.CosFaceLoss,
     curricularface.CurricularFaceLoss,
+    dsml.DSMLLoss,
+    dul_cls.DULClsLoss,
+    dul_reg.DULRegLoss,
     elasticface.ElasticFaceLoss,
     fastap.FastAPLoss,
+    hib.HIBLoss,
     histogram.HistogramLoss,
     lifted.LiftedLoss,
     margin.MarginLoss,
     multisimilarity.MultiSimilarityLoss,
     npair.NpairLoss,
+    pfe.PFELoss,
     proxyanchor.ProxyAnchorLoss,
     proxynca.ProxyNCALoss,
     quadruplet.QuadrupletLoss,
+    scf.SCFLoss,
     snr.SnrLoss,
     softmax.SoftmaxLoss,
     softtriplet.SoftTripleLoss,
+    spe.SPELoss,
     sphereface.SphereFaceLoss,
     subcenter_arcface.SubCenterArcFaceLoss,
     supcon.SupConLoss,
     triplet.TripletLoss,
+    vmf_fl.VMFFLLoss,
+    vmf_loss.VMFLoss,
 ):
     REGISTRY.add(_cls)
 
@@ -98,6 +116,12 @@ def distribution(name: str) -> str:
     """What loss ``name`` trains: ``dirac`` (a point embedding) or the ``gaussian`` / ``vmf``
     distribution it expects the network to emit (packed as in criteria/_common.py)."""
     return getattr(REGISTRY.get(name), "distribution", DIRAC)
+
+
+def frozen_mean(name: str) -> bool:
+    """Whether loss ``name`` trains only the uncertainty of a frozen mean network (PFE, SCF): the
+    backbone and the mean head are then built frozen (``architectures.select(freeze_mean=True)``)."""
+    return bool(getattr(REGISTRY.get(name), "frozen_mean", False))
 
 
 def select(name: str, opt: argparse.Namespace, *, n_classes: int, batchminer=None) -> nn.Module:

@@ -15,6 +15,7 @@ import criteria
 import datasampler
 import datasets
 import metrics
+from tests.criteria.helpers import packed
 from utilities.errors import ConfigError
 from utilities.registry import Flag, Registry
 
@@ -174,6 +175,8 @@ def test_no_plugin_reads_the_namespace_or_defaults_its_context():
         "k",
         "m",
         "mode",
+        "fpr",  # tpr@<fpr>
+        "fmr",  # fnmr@<fmr>
     }
     for registry in REGISTRIES:
         for name, _ in registry:
@@ -205,9 +208,11 @@ def _miner_for(loss_cls) -> batch_mining.BatchMiner | None:
 @pytest.mark.parametrize("name", criteria.REGISTRY.names())
 def test_every_loss_builds_by_hand_and_trains(name):
     cls = criteria.REGISTRY.get(name)
-    given = {"n_classes": 4, "embed_dim": 8, "lr": 1e-3, "batchminer": _miner_for(cls)}
+    given = {"n_classes": 4, "embed_dim": 8, "lr": 1e-3, "batchminer": _miner_for(cls), "seed": 0}
     loss = cls(**{k: given[k] for k in criteria.REGISTRY.context(name)})
-    x = torch.nn.functional.normalize(torch.randn(16, 8), dim=1).requires_grad_()
+    g = torch.Generator().manual_seed(0)
+    x = packed(name, torch.nn.functional.normalize(torch.randn(16, 8, generator=g), dim=1), g)
+    x.requires_grad_()  # the points, or the distribution the loss expects packed after them
     value = loss(x, torch.arange(4).repeat_interleave(4))
     value.backward()
     assert torch.isfinite(value) and torch.isfinite(x.grad).all()
@@ -242,10 +247,11 @@ def test_every_sampler_builds_by_hand(name):
 @pytest.mark.parametrize("name", [n for n, _ in metrics.REGISTRY])
 def test_every_metric_builds_by_hand(name):
     cls = metrics.REGISTRY.get(name)
-    given = {"k": 2, "m": 1, "mode": "intra"}
+    given = {"k": 2, "m": 1, "mode": "intra", "fpr": 0.1, "fmr": 0.1}
     metric = cls(**{k: given[k] for k in metrics.REGISTRY.context(name)})
     x = torch.nn.functional.normalize(torch.randn(24, 4, generator=torch.Generator().manual_seed(0)), dim=1)
-    ctx = metrics.EvalContext(x, torch.arange(3).repeat_interleave(8), seed=0)
+    confidence = torch.rand(24, generator=torch.Generator().manual_seed(1))  # the uncertainty metrics
+    ctx = metrics.EvalContext(x, torch.arange(3).repeat_interleave(8), seed=0, confidence=confidence)
     ctx.request_ranks(metric.ranks_needed(ctx))
     value = metric(ctx)
     assert value == value or name in {"dists"}  # a finite number (NaN only where defined so)

@@ -10,6 +10,9 @@ import itertools
 
 import torch
 
+import criteria
+from criteria._common import DIRAC, GAUSSIAN, VMF
+
 
 class FixedMiner:
     """Returns the tuples it was given, whatever the batch."""
@@ -132,3 +135,18 @@ def assert_same_loss_and_grads(
 
 def pairs(n: int):
     return itertools.product(range(n), range(n))
+
+
+def packed(name: str, x: torch.Tensor, g: torch.Generator, scale: float = 1.0) -> torch.Tensor:
+    """``x`` (B, D) as the network hands it to loss ``name``: the point itself, or a distribution
+    packed as in criteria/_common.py (log σ² around 0; unit μ with κ of order 10 · ``scale``)."""
+    kind = criteria.distribution(name)
+    if kind == GAUSSIAN:
+        return torch.cat([x, 0.5 * torch.randn(x.shape, generator=g, dtype=x.dtype)], dim=1)
+    if kind == VMF:
+        log_kappa = torch.log(10.0 * torch.tensor(scale, dtype=x.dtype)) + 0.3 * torch.randn(
+            len(x), 1, generator=g, dtype=x.dtype
+        )
+        return torch.cat([torch.nn.functional.normalize(x, dim=1), log_kappa], dim=1)
+    assert kind == DIRAC
+    return x

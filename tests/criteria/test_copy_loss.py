@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import criteria
-from tests.criteria.helpers import STUB_MINERS
+from tests.criteria.helpers import STUB_MINERS, packed
 
 CRITERIA = Path(criteria.__file__).resolve().parent
 CONTEXT = {"n_classes": 4, "embed_dim": 8, "lr": 1e-3, "seed": 0}
@@ -66,8 +66,9 @@ def test_loss_file_and_common_work_as_a_copy(name, copied_package):
     loss = copy(**{k: values[k] for k in required})
 
     g = torch.Generator().manual_seed(0)
-    x = torch.nn.functional.normalize(torch.randn(12, 8, generator=g), dim=1).requires_grad_()
+    x = torch.nn.functional.normalize(torch.randn(12, 8, generator=g), dim=1)
     labels = torch.arange(4).repeat_interleave(3)[torch.randperm(12, generator=g)]
+    x = packed(name, x, g).requires_grad_()  # as the network emits the loss's distribution
     value = loss(x, labels)
     value.backward()
     assert value.dim() == 0 and torch.isfinite(value)

@@ -69,15 +69,21 @@ def _case_id(name: str, xbm: bool) -> str:
 
 
 class _Net(nn.Module):
-    """A small embedding net ending in L2 normalisation (what --arch ..._normalize gives)."""
+    """A small embedding net ending in L2 normalisation (what --arch ..._normalize gives), with the
+    distribution head a probabilistic loss needs: log σ² per dimension or log κ packed after the
+    mean (criteria/_common.py)."""
 
-    def __init__(self) -> None:
+    def __init__(self, distribution: str = "dirac") -> None:
         super().__init__()
         self.body = nn.Linear(IN_DIM, HIDDEN)
         self.last_linear = nn.Linear(HIDDEN, EMBED_DIM)
+        extra = {"dirac": 0, "gaussian": EMBED_DIM, "vmf": 1}[distribution]
+        self.head = nn.Linear(HIDDEN, extra) if extra else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.last_linear(torch.tanh(self.body(x))), dim=1)
+        h = torch.tanh(self.body(x))
+        mean = F.normalize(self.last_linear(h), dim=1)
+        return mean if self.head is None else torch.cat([mean, self.head(h)], dim=1)
 
 
 def _batches() -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -110,7 +116,9 @@ def run_case(name: str, opt: argparse.Namespace, ctx: Context) -> dict[str, Any]
     gradient of the loss w.r.t. this rank's embeddings, the gathered batch, and the state before
     and after."""
     torch.manual_seed(0)  # the same initial model and criterion on every rank and in the reference
-    net = _Net().double()
+    net = _Net(criteria.distribution(name)).double()
+    if criteria.frozen_mean(name):  # PFE, SCF: only the uncertainty head trains (as main.py builds it)
+        net.body.requires_grad_(False), net.last_linear.requires_grad_(False)
     cls = criteria.REGISTRY.get(name)
     miner = batch_mining.select(opt.batch_mining, opt) if cls.requires_miner else None
     criterion = criteria.select(name, opt, n_classes=N_CLASSES, batchminer=miner).double()
@@ -118,7 +126,7 @@ def run_case(name: str, opt: argparse.Namespace, ctx: Context) -> dict[str, Any]
     model = distributed.wrap_model(net, ctx, torch.device("cpu"))
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     out: dict[str, Any] = {"init": _numpy_state(net, criterion)}
-    out["trainable"] = [f"model.{k}" for k, _ in net.named_parameters()]
+    out["trainable"] = [f"model.{k}" for k, p in net.named_parameters() if p.requires_grad]
     out["trainable"] += [f"criterion.{k}" for k, _ in criterion.named_parameters()]
     out.update(loss=[], grad=[], emb=[], labels=[], indices=[])
     captured: dict[str, torch.Tensor] = {}
