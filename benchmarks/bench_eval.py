@@ -1,7 +1,7 @@
 """Evaluation benchmark: the full metric set at CUB, CARS and SOP scale vs pytorch-metric-learning.
 
     .venv/bin/python benchmarks/bench_eval.py [--scales cub cars sop inat] [--threads 2] [--no_pml]
-        [--contended [on|both]]
+        [--contended [on|both]] [--probabilistic]
 
 Seeded synthetic clustered embeddings (L2-normalised, like the ``_normalize`` architectures):
 
@@ -43,6 +43,13 @@ it falls back to ``ru_maxrss``, which can hide an evaluation below an earlier pe
 Both sides first run once on a tiny input (one-time imports, kernel loading, thread pools), then
 the median of ``--repeats`` timed runs is reported.
 Prints a timing table (total and per stage) and the metric values side by side.
+
+``--probabilistic`` instead measures what the uncertainty and verification metrics
+(``PROBABILISTIC_METRICS``: ERC, confidence accuracy and histogram, ROC AUC, TPR@FPR, EER,
+FNMR@FMR) add to the study metric set, per scale: one ``compute`` call with the study list followed
+by them (seeded log-normal confidences), timed metric by metric through its ``progress`` callback,
+so the study part and the added part come from the same run (the added metrics reuse its ranking
+pass); their share of the total is the number to keep under 10 % at SOP scale.
 
 ``--sweep 200000 1000000`` instead runs the scale sweep beyond SOP: a clustered unit-norm gallery
 of that size (classes of 10, near a 16-dimensional subspace: see ``sweep_data``) and
@@ -258,6 +265,92 @@ def faiss_reference(x, y, scale: str, repeats: int) -> dict[str, float]:
     return out
 
 
+# the metrics of probabilistic embeddings (issue 14): confidence-based and pair-based
+PROBABILISTIC_METRICS = [
+    "erc_recall@1",
+    "erc_mAP@R",
+    "confidence_accuracy",
+    "confidence_hist",
+    "roc_auc",
+    "tpr@1e-2",
+    "tpr@1e-3",
+    "tpr@1e-4",
+    "eer",
+    "fnmr@1e-3",
+]
+
+
+def run_probabilistic(scale: str, threads: int, backend: str, repeats: int) -> dict:
+    """Seconds of the study list and of PROBABILISTIC_METRICS after it, in one ``compute`` call."""
+    import numpy as np
+    import torch
+
+    import metrics
+
+    importlib.import_module("sklearn.metrics")  # as run_ours: one-time costs outside the timer
+    torch.set_num_threads(threads)
+    study = metric_names(scale)
+    names = study + PROBABILISTIC_METRICS
+    warm = torch.nn.functional.normalize(torch.randn(640, 8), dim=1)
+    metrics.compute(names, warm, torch.arange(640) % 8, seed=1, backend=backend, confidence=torch.rand(640))
+    x, y = make_data(scale)
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    confidence = torch.from_numpy(np.random.default_rng(1).lognormal(size=len(y)))
+    runs = []
+    for _ in range(repeats):
+        stamps: dict[str, float] = {}
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        metrics.compute(
+            names,
+            x,
+            y,
+            seed=1,
+            backend=backend,
+            confidence=confidence,
+            timings=timings,
+            progress=lambda name, into=stamps: into.setdefault(name, time.perf_counter()),
+        )
+        end = time.perf_counter()
+        split = stamps[PROBABILISTIC_METRICS[0]]
+        runs.append(
+            {
+                "study": split - start,
+                "added": end - split,
+                "verification": timings.get("verification", 0.0),
+                "per_metric": {
+                    name: (stamps[nxt] if nxt else end) - stamps[name]
+                    for name, nxt in itertools.zip_longest(PROBABILISTIC_METRICS, PROBABILISTIC_METRICS[1:])
+                },
+            }
+        )
+    return sorted(runs, key=lambda r: r["study"] + r["added"])[len(runs) // 2]
+
+
+def probabilistic(scales: list[str], threads: int, backend: str, repeats: int) -> None:
+    rows = []
+    for scale in scales:
+        before = load()
+        r = in_subprocess("prob", scale, threads, backend, repeats or (1 if scale in ("sop", "inat") else 3))
+        rows.append((scale, r, before, load()))
+        print(json.dumps({"scale": scale, **r}), flush=True)
+    print(
+        f"\nuncertainty + verification metrics after the study list: threads={threads}, backend={backend}, "
+        f"D={DIM}; wall seconds of the median run; load = 1-minute load average"
+    )
+    print(
+        "| scale | N | load before→after | study s | added s | added / study | verification stage s | slowest added |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for scale, r, before, after in rows:
+        slowest = max(r["per_metric"], key=r["per_metric"].get)
+        print(
+            f"| {scale} | {SCALES[scale]['n']:,} | {before:.1f}→{after:.1f} | {r['study']:.2f} | {r['added']:.2f} | "
+            f"{100 * r['added'] / r['study']:.1f} % | {r['verification']:.2f} | "
+            f"{slowest} {r['per_metric'][slowest]:.2f} |"
+        )
+
+
 def run_pml(scale: str, threads: int, repeats: int) -> dict:
     import faiss
     import torch
@@ -446,6 +539,12 @@ def main() -> None:
         help="study: the default list (+ MAP@R family); superset: + every AccuracyCalculator metric "
         "(ami, mAP, mrr); pml: only what AccuracyCalculator computes",
     )
+    p.add_argument(
+        "--probabilistic",
+        action="store_true",
+        help="instead of the comparison: the uncertainty and verification metrics' cost on top of the "
+        "study set, per scale",
+    )
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     opt = p.parse_args()
     if opt._sweep_point:
@@ -458,13 +557,16 @@ def main() -> None:
     global METRIC_SET
     METRIC_SET = opt.metric_set
     if opt._worker:
-        fn = run_ours if opt._worker == "ours" else run_pml
+        fn = {"ours": run_ours, "prob": run_probabilistic, "pml": run_pml}[opt._worker]
         args = (
-            (opt.scales[0], opt.threads, opt.backend, opt.repeats)
-            if opt._worker == "ours"
-            else (opt.scales[0], opt.threads, opt.repeats)
+            (opt.scales[0], opt.threads, opt.repeats)
+            if opt._worker == "pml"
+            else (opt.scales[0], opt.threads, opt.backend, opt.repeats)
         )
         print(json.dumps(fn(*args)))
+        return
+    if opt.probabilistic:
+        probabilistic(opt.scales, opt.threads, opt.backend, opt.repeats)
         return
 
     modes = {"off": ["idle"], "on": ["contended"], "both": ["idle", "contended"]}[opt.contended]

@@ -13,6 +13,10 @@ clustering                  ``nmi``, ``c_nmi``, ``ami``, ``f1``, ``c_f1``       
 density                     ``dists@intra``, ``dists@inter``,                      distances
                             ``dists@intra_over_inter``
 spectrum                    ``rho_spectrum@m`` (m = 0: the array)                  spectrum
+uncertainty (confidence)    ``erc_recall@k``, ``erc_mAP@R``,                       uncertainty
+                            ``confidence_accuracy``, ``confidence_hist`` (array)
+verification (pairs)        ``roc_auc``, ``tpr@x``, ``eer``, ``fnmr@x``            verification
+                            (x a rate in (0, 1), e.g. ``tpr@1e-3``)
 ==========================  ====================================================  ==============
 
 :func:`compute` evaluates a list of names on one split. The expensive parts are computed once in
@@ -36,7 +40,16 @@ import typing
 
 import torch
 
-from metrics import clustering, distances, faiss_search, retrieval, spectrum
+from metrics import (
+    clustering,
+    distances,
+    faiss_search,
+    retrieval,
+    scores,
+    spectrum,
+    uncertainty,
+    verification,
+)
 from metrics.context import EvalContext
 from metrics.ranking import import_faiss
 from utilities.errors import ConfigError
@@ -61,6 +74,14 @@ for _cls in (
     clustering.CosineF1,
     distances.Dists,
     spectrum.RhoSpectrum,
+    uncertainty.ERCRecall,
+    uncertainty.ERCMAPatR,
+    uncertainty.ConfidenceAccuracy,
+    uncertainty.ConfidenceHist,
+    verification.RocAuc,
+    verification.TprAtFpr,
+    verification.EER,
+    verification.FnmrAtFmr,
 ):
     REGISTRY.add(_cls)
 
@@ -72,8 +93,8 @@ def parse(name: str):
     written after the ``@``; an ``int`` parameter is converted here, and the constructor rejects a
     missing or malformed one with its own message."""
     family, _, param = name.partition("@")
-    if name == "mAP@R":
-        family, param = "mAP@R", ""
+    if name in ("mAP@R", "erc_mAP@R"):
+        family, param = name, ""
     if family not in REGISTRY:
         raise ConfigError(
             f"unknown metric '{name}'; families: {', '.join(REGISTRY.names())} "
@@ -157,6 +178,10 @@ def compute(
     kmeans: str = "torch",
     timings: dict[str, float] | None = None,
     progress: typing.Callable[[str], None] | None = None,
+    params: torch.Tensor | None = None,
+    distribution: str = "dirac",
+    score: str = "mean",
+    confidence: torch.Tensor | None = None,
 ) -> dict[str, float | list[float]]:
     """Every metric in ``names`` on one split.
 
@@ -171,10 +196,24 @@ def compute(
     of the exact top-k on ``recall_sample`` seeded queries. ``kmeans``: ``torch`` (:mod:`metrics.kmeans`)
     or ``faiss`` (``faiss.Kmeans``). ``chunk``: query rows per distance block (default: ~16 MB
     blocks). ``timings``, if given, receives seconds per stage. ``progress``, if given, is called
-    with each metric's name before it is computed (a progress bar).
+    with each metric's name before it is computed (a progress bar). ``params`` (N, P): the
+    embeddings' ``distribution`` parameters (``dirac``: pre-normalisation norms, ``gaussian``:
+    log σ², ``vmf``: log κ); ``score``: what the retrieval metrics rank by, ``mean`` (the
+    embeddings), ``mls`` (gaussian) or ``expected_cosine`` (vmf), see :mod:`metrics.scores`; a score
+    that does not fit the distribution, or asked of the faiss backend, is a one-line ConfigError.
+    ``confidence`` (N,): per-sample confidence, higher = more confident, for the uncertainty metrics
+    (:mod:`metrics.uncertainty`; without it they raise ValueError before any work).
     """
     metrics = {name: parse(name) for name in dict.fromkeys(names)}
     check_faiss_request(list(metrics), backend, index, index_params=index_params)  # before any work
+    if confidence is None and any(getattr(m, "needs_confidence", False) for m in metrics.values()):
+        EvalContext.no_confidence()  # the uncertainty metrics' ValueError, before any work
+    try:
+        scores.check_score(score, distribution, backend, has_params=params is not None)
+        if params is not None and embeddings.ndim == 2:  # a bad embeddings shape fails in EvalContext
+            scores.check_params(torch.as_tensor(params), distribution, len(embeddings), embeddings.shape[1])
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     ctx = EvalContext(
         embeddings,
         labels,
@@ -189,6 +228,10 @@ def compute(
         index_params=index_params,
         recall_sample=recall_sample,
         kmeans=kmeans,
+        params=params,
+        distribution=distribution,
+        score=score,
+        confidence=confidence,
     )
     ctx.request_ranks(max((m.ranks_needed(ctx) for m in metrics.values()), default=0))
     if backend == "faiss":

@@ -126,18 +126,20 @@ def _rank_block(d, q_sq, members, start, stop, self_pos, out, mode):  # pragma: 
             out[i, h] = acc
 
 
-def run(x, query_idx, g, g_sq, members, start, stop, self_pos, out, rows, mode=0) -> None:
-    """Fill ``out`` (Nq, W) block by block: BLAS computes |g|² − 2 q·g, the kernel adds |q|², clamps
-    at 0 (the distances of :func:`metrics.ranking._distances`) and ranks. ``mode``: 0 picks the
-    dense or sparse pass per row, 1 / 2 force one (for tests)."""
+def run(block, q_term, n_gallery, members, start, stop, self_pos, out, rows, mode=0) -> None:
+    """Fill ``out`` (Nq, W) block by block: ``block(s, e, buf)`` computes the distance block of
+    query rows s:e (for the mean score BLAS's |g|² − 2 q·g), the kernel adds ``q_term`` (|q|², or 0),
+    clamps at 0 (the keys of :func:`metrics.ranking._score_blocks`) and ranks. ``mode``: 0 picks
+    the dense or sparse pass per row, 1 / 2 force one (for tests)."""
     members_np = members.numpy()
     start_np, stop_np, self_np = start.numpy(), stop.numpy(), self_pos.numpy()
     out_np = out.numpy()
-    q_sq = x[query_idx].pow(2).sum(1).numpy()  # once, not one small parallel region per block
-    buf = torch.empty(min(rows, len(query_idx)), len(g), dtype=torch.float32)
-    for s in range(0, len(query_idx), rows):
-        e = min(s + rows, len(query_idx))
-        d = torch.addmm(g_sq[None, :], x[query_idx[s:e]], g.T, alpha=-2.0, out=buf[: e - s])
+    q_sq = q_term.numpy()  # computed once, not one small parallel region per block
+    n_q = len(q_term)
+    buf = torch.empty(min(rows, n_q), n_gallery, dtype=torch.float32)
+    for s in range(0, n_q, rows):
+        e = min(s + rows, n_q)
+        d = block(s, e, buf[: e - s])
         with numba_threads_like_torch():  # torch's BLAS keeps its own thread count between blocks
             _rank_block(
                 d.numpy(),

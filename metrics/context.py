@@ -9,7 +9,10 @@ lazily, at most once, on ``device``:
   ``"cosine"`` on L2-normalised ones; when the embeddings are already unit-norm both views share
   one pass): the sorted ranks of every query's relevant gallery items, as many as the most
   demanding requested metric needs; see :mod:`metrics.ranking`. Every retrieval metric is a
-  function of these ranks. With ``backend="faiss"`` the same ranks come from a faiss kNN search to
+  function of these ranks. ``score`` other than ``mean`` (``mls``, ``expected_cosine``: see
+  :mod:`metrics.scores`) ranks by the embeddings' distribution ``params`` instead: every view is
+  then the one ``"score"`` pass (``c_recall@k`` = ``e_recall@k``); clustering, spectrum and class
+  statistics keep using the means. With ``backend="faiss"`` the same ranks come from a faiss kNN search to
   the depth requested with :meth:`request_depth` (exact for ``index="flat"``, approximate for
   ``ivf``/``hnsw``/``ivfpq``, whose recall against exact search lands in ``search_recall``); see
   :mod:`metrics.faiss_search`.
@@ -19,6 +22,10 @@ lazily, at most once, on ``device``:
 * ``spectrum``: the D (or N, if smaller) singular values of the un-centred embedding matrix,
   computed once in float64 from the D×D Gram matrix, identical on CPU and CUDA.
 * ``class_stats``: per-class counts and sums of L2-normalised embeddings (for ``dists@*``).
+* ``confidence`` (optional, (N,) float64): one confidence per sample, higher = more confident (the
+  embedding norm, or a probabilistic embedding's concentration), read by the uncertainty metrics;
+  ``query_confidence`` is its query-side part. :meth:`shared` computes any other per-split value
+  once (the verification pairs, per-query values shared by several metrics).
 
 Clustering, spectrum and class statistics use *all* samples of the split (queries and gallery).
 ``timings`` records the seconds spent in each stage.
@@ -27,12 +34,14 @@ Clustering, spectrum and class statistics use *all* samples of the split (querie
 from __future__ import annotations
 
 import time
+import typing
+from collections.abc import Callable
 from contextlib import contextmanager
 from functools import cached_property
 
 import torch
 
-from metrics import faiss_search, ranking
+from metrics import faiss_search, ranking, scores
 from metrics import kmeans as _kmeans
 from metrics._threads import stage_threads
 
@@ -58,6 +67,10 @@ class EvalContext:
         index_params: dict | None = None,
         recall_sample: int = 1000,
         kmeans: str = "torch",
+        confidence: torch.Tensor | None = None,
+        params: torch.Tensor | None = None,
+        distribution: str = "dirac",
+        score: str = "mean",
     ) -> None:
         self.device = torch.device(device)
         emb = torch.as_tensor(embeddings)
@@ -90,12 +103,31 @@ class EvalContext:
         self.index_params = dict(index_params or {})
         self.recall_sample = recall_sample
         self.kmeans = kmeans
+        scores.check_score(score, distribution, backend, has_params=params is not None)
+        if params is not None:
+            params = torch.as_tensor(params)
+            scores.check_params(params, distribution, n, self.embeddings.shape[1])
+            params = params.to(self.device, torch.float32)
+        self.params = params  # (N, P) distribution parameters (metrics.scores), or None
+        self.distribution = distribution
+        self.score = score
         self.timings: dict[str, float] = {}
         self.search_recall: dict[str, float] = {}  # approximate faiss index: search_recall@k -> value
         self._width = 0
         self._depth: dict[str, int] = {}
         self._ranks: dict[str, torch.Tensor] = {}
         self._clusters: dict[str, torch.Tensor] = {}
+        self._shared: dict[str, object] = {}
+        self.confidence = None if confidence is None else self._check_confidence(confidence, n)
+
+    def _check_confidence(self, confidence: torch.Tensor, n: int) -> torch.Tensor:
+        conf = torch.as_tensor(confidence)
+        if conf.shape != (n,):
+            raise ValueError(f"confidence must be (N,) with N = {n}, got shape {tuple(conf.shape)}")
+        conf = conf.to(self.device, torch.float64)
+        if not torch.isfinite(conf).all():
+            raise ValueError("confidence contains NaN or inf")
+        return conf
 
     def _mask_idx(self, mask: torch.Tensor | None, n: int, what: str) -> torch.Tensor:
         if mask is None:
@@ -144,6 +176,35 @@ class EvalContext:
         in_gallery[self.gallery_idx] = True
         return len(self.gallery_idx) - in_gallery[self.query_idx].long()
 
+    @staticmethod
+    def no_confidence() -> typing.NoReturn:
+        raise ValueError(
+            "the uncertainty metrics need per-item confidence (main.py provides the embedding norm "
+            "or the distribution's concentration); pass confidence= to metrics.compute"
+        )
+
+    def require_confidence(self) -> torch.Tensor:
+        """(N,) float64 ``confidence``; :meth:`no_confidence`'s ValueError where none was given."""
+        if self.confidence is None:
+            self.no_confidence()
+        return self.confidence
+
+    @cached_property
+    def query_confidence(self) -> torch.Tensor:
+        """(Nq,) float64 confidence of each query (:meth:`require_confidence`'s error without it)."""
+        return self.require_confidence()[self.query_idx]
+
+    def shared(self, key: str, compute: Callable[[], object], stage: str | None = None) -> object:
+        """``compute()`` once per split under ``key`` (the result of several metrics' common work),
+        timed as ``stage`` if given."""
+        if key not in self._shared:
+            if stage is None:
+                self._shared[key] = compute()
+            else:
+                with self._timed(stage):
+                    self._shared[key] = compute()
+        return self._shared[key]
+
     @cached_property
     def max_relevant(self) -> int:
         return int(self.n_relevant.max())
@@ -162,11 +223,14 @@ class EvalContext:
             return bool(((norms - 1).abs() <= NORM_TOL).all())
 
     def view(self, name: str) -> str:
-        """The search/cluster space of a view; ``cosine`` collapses to ``euclidean`` on unit-norm rows."""
+        """The search space of a retrieval view; ``cosine`` collapses to ``euclidean`` on unit-norm
+        rows, and under a distribution score every view is ``score`` (one pass ranks by it)."""
+        if self.score != "mean":
+            return "score"
         return "euclidean" if name == "cosine" and self.is_unit_norm else name
 
     def _features(self, view: str) -> torch.Tensor:
-        return self.embeddings if view == "euclidean" else self.normalized
+        return self.normalized if view == "cosine" else self.embeddings  # "score": the means
 
     # -- ranks of the relevant items ---------------------------------------------------------------
     def request_ranks(self, width: int) -> None:
@@ -224,6 +288,8 @@ class EvalContext:
                     self.width,
                     backend=self.backend,
                     chunk=self.chunk,
+                    score=self.score,
+                    params=self.params,
                 )
         return self._ranks[view]
 
