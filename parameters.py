@@ -228,6 +228,13 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> None:
         help="mixed precision (autocast); bare --amp = bf16 where supported, else fp16 (CUDA)",
     )
     net.add_argument("--channels_last", action="store_true", help="NHWC memory format for the backbone")
+    net.add_argument(
+        "--embedding_distribution",
+        default="auto",
+        choices=["auto", *architectures.DISTRIBUTIONS],
+        help="what the network emits per image: a point (dirac) or a gaussian / vmf distribution "
+        "(architectures/heads.py); auto: the one --loss trains (recorded resolved in args.json)",
+    )
 
     ev = parser.add_argument_group("evaluation")
     add_evaluation_args(ev)
@@ -372,10 +379,27 @@ def check_plugin_names(opt: argparse.Namespace) -> None:
 
 
 def with_presets(opt: argparse.Namespace) -> argparse.Namespace:
-    """Fill the defaults that depend on the dataset: without ``--evaluation_metrics``, the study's
-    metric list with the Recall@k ranks of ``--dataset`` (recorded resolved in args.json)."""
+    """Fill the defaults that depend on other flags (recorded resolved in args.json): without
+    ``--evaluation_metrics``, the study's metric list with the Recall@k ranks of ``--dataset``;
+    ``--embedding_distribution auto``, the distribution ``--loss`` trains."""
     if opt.evaluation_metrics is None:
         opt.evaluation_metrics = metrics_for(datasets.recall_at(opt.dataset))
+    return resolve_distribution(opt)
+
+
+def resolve_distribution(opt: argparse.Namespace) -> argparse.Namespace:
+    """``--embedding_distribution``: ``auto`` becomes what ``--loss`` trains (``criteria.distribution``;
+    a stored run from before the flag existed reads ``auto`` too); an explicit value must be that
+    one (a point loss cannot train a distribution head, nor a probabilistic loss a point)."""
+    needed = criteria.distribution(opt.loss)
+    given = getattr(opt, "embedding_distribution", "auto")
+    if given not in ("auto", needed):
+        kind = "point (dirac)" if needed == "dirac" else needed
+        raise ConfigError(
+            f"loss '{opt.loss}' trains a {kind} embedding; drop --embedding_distribution {given} "
+            f"or use --embedding_distribution {needed}"
+        )
+    opt.embedding_distribution = needed
     return opt
 
 
@@ -436,7 +460,9 @@ def parse_run(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[s
 
 
 # args.json keys that record the process, not the experiment: a --config file never sets them.
-CONFIG_SKIPPED = NOT_RESTORED | {"config", "world_size", "process_group"}
+# embedding_distribution is recorded resolved from --loss: replayed, it would refuse a --loss
+# given after the --config (it always follows the loss anyway).
+CONFIG_SKIPPED = NOT_RESTORED | {"config", "world_size", "process_group", "embedding_distribution"}
 
 
 def config_argv(parser: argparse.ArgumentParser, source: str) -> list[str]:
@@ -502,6 +528,7 @@ def _resume_namespace(
     _refuse_changed_flags(parser, explicit, stored)
     new = stored_namespace(opt, stored, explicit, NOT_RESTORED)
     new.resume = str(folder)
+    resolve_distribution(new)
     if state is not None and new.n_epochs <= state["epoch"]:
         raise ConfigError(
             f"--resume {folder}: run already has {state['epoch'] + 1} epochs; --n_epochs must be larger "
@@ -602,6 +629,7 @@ def _evaluate_namespace(
     explicit = explicit_flags(parser, argv)
     new = stored_namespace(opt, state["args"], explicit, NOT_RESTORED)
     new.evaluate_only, new.checkpoint = True, str(path)
+    resolve_distribution(new)
     if "savename" not in explicit:
         new.savename = f"{path.parent.name}_eval_{path.stem}"
     return new, state

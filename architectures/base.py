@@ -25,10 +25,30 @@ BGR 0-255 "Caffe" normalisation). Float inputs are taken as already normalised (
 gradient scaler, on CUDA; bf16 on a CPU that supports it natively, otherwise float32); the
 embedding leaves the network as float32, so every loss is computed in float32. ``--channels_last``
 puts weights and inputs in NHWC memory format (faster convolutions on tensor cores).
+
+**Distributions.** ``--embedding_distribution gaussian|vmf`` (set by ``select`` through
+:meth:`EmbeddingNet.set_distribution`) adds an ``uncertainty_head`` next to ``last_linear``
+(architectures/heads.py) and ``forward`` returns the packed ``[μ | log σ²]`` (B, 2D) or
+``[μ | log κ]`` (B, D + 1), in training and evaluation alike; ``dirac`` (the default) adds no module
+and returns (B, D) as before, so older checkpoints load unchanged. :meth:`EmbeddingNet.infer` splits
+the output into the mean that retrieval ranks and the per-image parameters: the norm of the
+embedding before L2 normalisation (``dirac``), log σ² or log κ. With ``freeze_mean`` (a loss that
+trains only the uncertainty of a fixed network, PFE) the backbone and ``last_linear`` stop
+learning: no gradients, their BatchNorm and dropout layers in eval mode, the mean computed under
+``no_grad``.
+
+**Local weights.** ``--pretrained_path`` takes a backbone state dict (torchvision's, timm's, the
+study's) or a checkpoint of this project (a state dict with ``backbone.*`` and ``last_linear.*``
+keys, or a ``checkpoint_*.pt`` holding it under ``model``). The backbone must fit exactly; from a
+project checkpoint ``last_linear`` is loaded too when its shape fits (else it stays random, with
+a warning), e.g. the trained deterministic network whose mean PFE freezes. An ``uncertainty_head``
+in the file is ignored: the head always starts fresh.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import struct
 import warnings
 from collections.abc import Callable
@@ -38,11 +58,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from architectures.heads import DIRAC, DISTRIBUTIONS, VMF, make_head
 from utilities.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 KNOWN_MODIFIERS = ("frozen", "normalize", "double", "he")
 AMP_MODES = ("off", "auto", "bf16", "fp16")
 CLASSIFIER_KEYS = ("fc.", "last_linear.", "classifier.", "head.")
+PROJECT_HEAD_KEYS = ("last_linear.", "uncertainty_head.")  # the heads of a checkpoint of this project
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -150,11 +174,15 @@ class EmbeddingNet(nn.Module):
     A plugin subclass sets ``name`` and ``default_input_config`` (or overrides
     :meth:`input_config_for`) and implements :meth:`make_backbone`. Its constructor is this one:
     all four arguments are context, handed over by ``architectures.select``; the module names
-    (``backbone.*``, ``last_linear.*``) are those of every checkpoint this project writes."""
+    (``backbone.*``, ``last_linear.*``, and ``uncertainty_head.*`` of a probabilistic model) are
+    those of every checkpoint this project writes."""
 
     name = ""
     default_input_config = InputConfig()
-    has_pretrained_weights = True  # False: always random weights, --pretrained_path is refused
+    has_pretrained_weights = True  # False: no library weights (random, or a local --pretrained_path)
+    accepts_local_weights = True  # False: --pretrained_path is refused (it would be ignored)
+    # the downloaded weights as "<library>:<tag>", for the run card (architectures.weights_identity)
+    pretrained_weights = ""
 
     def __init__(self, *, spec: ArchSpec, embed_dim: int, pretrained: bool, pretrained_path: str) -> None:
         super().__init__()
@@ -166,6 +194,11 @@ class EmbeddingNet(nn.Module):
         if spec.head_init == "kaiming":
             nn.init.kaiming_normal_(self.last_linear.weight, mode="fan_out")
             nn.init.zeros_(self.last_linear.bias)
+        # whether last_linear came from --pretrained_path (a checkpoint of this project)
+        self.head_loaded = bool(pretrained_path) and load_head_weights(self.last_linear, pretrained_path)
+        self.distribution = DIRAC
+        self.uncertainty_head: nn.Module | None = None  # set_distribution: gaussian / vmf only
+        self.freeze_mean = False
         self.spec = spec
         self.normalize = spec.normalize
         self.embed_dim = embed_dim
@@ -184,11 +217,37 @@ class EmbeddingNet(nn.Module):
         """Crop size and pixel normalisation this backbone expects for ``spec``."""
         return cls.default_input_config
 
+    @classmethod
+    def pretrained_weights_for(cls, spec: ArchSpec) -> str:
+        """Which library weights ``pretrained=True`` loads for ``spec`` (:attr:`pretrained_weights`)."""
+        return cls.pretrained_weights
+
     def make_backbone(
         self, spec: ArchSpec, *, pretrained: bool, pretrained_path: str
     ) -> tuple[nn.Module, int]:
         """The feature extractor (B, 3, H, W) -> (B, F) with its weights, and F."""
         raise NotImplementedError
+
+    def set_distribution(self, distribution: str = DIRAC, *, freeze_mean: bool = False) -> EmbeddingNet:
+        """Emit ``distribution`` (``dirac``, ``gaussian``, ``vmf``): adds the uncertainty head of a
+        probabilistic one. ``freeze_mean``: only that head learns (backbone and ``last_linear``
+        get ``requires_grad=False`` and stay in eval mode). Call before ``set_precision`` and
+        before the optimiser is built."""
+        if distribution not in DISTRIBUTIONS:
+            raise ConfigError(
+                f"--embedding_distribution {distribution}: choose from {', '.join(DISTRIBUTIONS)}"
+            )
+        if freeze_mean and distribution == DIRAC:
+            raise ConfigError(
+                "a frozen mean leaves nothing to train for a dirac embedding (no uncertainty head)"
+            )
+        self.distribution = distribution
+        self.uncertainty_head = make_head(distribution, self.last_linear.in_features, self.embed_dim)
+        self.freeze_mean = freeze_mean
+        if freeze_mean:
+            self.backbone.requires_grad_(False)
+            self.last_linear.requires_grad_(False)
+        return self.train(self.training)
 
     def set_precision(self, amp: str = "off", channels_last: bool = False) -> EmbeddingNet:
         autocast_dtype(amp, "cpu")  # validates the mode
@@ -207,6 +266,9 @@ class EmbeddingNet(nn.Module):
             for module in self.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
+        if self.freeze_mean:  # the fixed mean network: running statistics and dropout as trained
+            self.backbone.eval()
+            self.last_linear.eval()
         return self
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
@@ -217,38 +279,60 @@ class EmbeddingNet(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, D) embeddings (``dirac``); the packed ``[μ | log σ²]`` (B, 2D) or ``[μ | log κ]``
+        (B, D + 1) of a probabilistic model, in training and in evaluation."""
+        z, log_param = self._heads(x)
+        mean = self._mean(z)
+        return mean if log_param is None else torch.cat([mean, log_param], dim=1)
+
+    def infer(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean (B, D), params (B, P)), both float32: the mean is what retrieval ranks (L2-normalised
+        with ``_normalize``, always for ``vmf``); params are the embedding's norm before
+        normalisation (``dirac``, P = 1), log σ² (``gaussian``, P = D) or log κ (``vmf``, P = 1).
+        ``architectures.confidence(params, distribution)`` turns them into one score per image."""
+        z, log_param = self._heads(x)
+        params = z.norm(dim=1, keepdim=True) if log_param is None else log_param
+        return self._mean(z), params
+
+    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The float32 output of ``last_linear`` (before any normalisation) and the float32
+        log-parameters of the uncertainty head (None for ``dirac``)."""
         if x.dtype == torch.uint8:
             x = self.preprocess(x)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         dtype = self.autocast_dtype(x.device.type)
+        raw = None
         with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            z = self.last_linear(self.backbone(x))
-        z = z.float()
-        return nn.functional.normalize(z, dim=-1) if self.normalize else z
+            # a frozen mean builds no graph: only the uncertainty head's backward pass is paid for
+            with torch.no_grad() if self.freeze_mean else contextlib.nullcontext():
+                features = self.backbone(x)
+                z = self.last_linear(features)
+            if self.uncertainty_head is not None:
+                raw = self.uncertainty_head(features)
+        log_param = None if raw is None else self.uncertainty_head.log_parameter(raw)
+        return z.float(), log_param
+
+    def _mean(self, z: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(z, dim=-1) if self.normalize or self.distribution == VMF else z
 
 
 # ---- weights ----------------------------------------------------------------------------------
 
 
 def check_pretrained_path(cls: type[EmbeddingNet], pretrained_path: str) -> None:
-    """``--pretrained_path`` only for a backbone that has pretrained weights (not ``smallcnn``,
-    which would silently ignore them)."""
-    if pretrained_path and not cls.has_pretrained_weights:
+    """``--pretrained_path`` only for a backbone that loads local weights (a plugin that would
+    silently ignore them sets ``accepts_local_weights = False``)."""
+    if pretrained_path and not cls.accepts_local_weights:
         raise ConfigError(
-            f"--pretrained_path: {cls.name} has no pretrained weights (it always starts from random "
-            f"weights); drop --pretrained_path or choose a backbone that has them"
+            f"--pretrained_path: {cls.name} cannot load local weights (it always starts from random "
+            f"weights); drop --pretrained_path or choose a backbone that loads them"
         )
 
 
-def load_local_weights(module: nn.Module, path: str, arch: str) -> None:
-    """Load a local state dict (``--pretrained_path``) into ``module``.
-
-    Accepts a bare state dict or one under ``state_dict``/``model``; strips ``module.`` (DDP) and
-    ``backbone.`` (a checkpoint of this project's :class:`EmbeddingNet`) prefixes. Keys of the
-    replaced classifier (``fc``, ``last_linear``, ``classifier``, ``head``) are ignored; any missing,
-    unknown or differently shaped backbone weight is a :class:`ConfigError` (the weights of
-    another architecture never load silently)."""
+def read_state_dict(path: str, arch: str) -> dict[str, torch.Tensor]:
+    """The state dict in ``path`` (bare or under ``state_dict``/``model``), ``module.`` (DDP)
+    prefixes stripped; an unreadable file is a one-line :class:`ConfigError`."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise ConfigError(f"--pretrained_path {path}: no such file (a torch state dict for {arch})")
@@ -266,12 +350,27 @@ def load_local_weights(module: nn.Module, path: str, arch: str) -> None:
             state = state[key]
     if not isinstance(state, dict):
         raise ConfigError(f"--pretrained_path {path}: expected a state dict, found {type(state).__name__}")
-    cleaned = {}
-    for key, value in state.items():
-        for prefix in ("module.", "backbone."):
-            if key.startswith(prefix):
-                key = key[len(prefix) :]
-        cleaned[key] = value
+    return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def is_project_checkpoint(state: dict[str, torch.Tensor]) -> bool:
+    """Whether ``state`` is an :class:`EmbeddingNet`'s state dict (``backbone.*`` and ``last_linear.*``)."""
+    return any(k.startswith("backbone.") for k in state) and any(k.startswith("last_linear.") for k in state)
+
+
+def load_local_weights(module: nn.Module, path: str, arch: str) -> None:
+    """Load a local state dict (``--pretrained_path``) into the backbone ``module``.
+
+    Accepts a bare state dict or one under ``state_dict``/``model``; strips ``module.`` (DDP) and
+    ``backbone.`` (a checkpoint of this project's :class:`EmbeddingNet`) prefixes. Keys of the
+    replaced classifier (``fc``, ``last_linear``, ``classifier``, ``head``) and a project
+    checkpoint's ``uncertainty_head`` are ignored here (:func:`load_head_weights` reads
+    ``last_linear``); any missing, unknown or differently shaped backbone weight is a
+    :class:`ConfigError` (the weights of another architecture never load silently)."""
+    state = read_state_dict(path, arch)
+    if is_project_checkpoint(state):
+        state = {k: v for k, v in state.items() if not k.startswith(PROJECT_HEAD_KEYS)}
+    cleaned = {k[len("backbone.") :] if k.startswith("backbone.") else k: v for k, v in state.items()}
     own = module.state_dict()
     # an ImageNet classifier is replaced by the embedding head anyway; but a head-prefixed weight
     # that the model has with the same shape (timm ConvNeXt's ``head.norm``) is a real weight
@@ -298,6 +397,27 @@ def load_local_weights(module: nn.Module, path: str, arch: str) -> None:
             f"--pretrained_path {path} does not fit {arch}: {len(extra)} unknown weights, e.g. {extra[:5]}"
         )
     module.load_state_dict({k: v for k, v in cleaned.items() if k in own}, strict=False)
+
+
+def load_head_weights(linear: nn.Linear, path: str) -> bool:
+    """Load ``last_linear.*`` of a project checkpoint in ``path`` into ``linear`` if the shapes fit;
+    whether it was loaded. A backbone-only file (or an ImageNet classifier's ``last_linear``, as
+    BN-Inception's, which comes without ``backbone.*`` keys) leaves ``linear`` as it is."""
+    state = read_state_dict(path, "the embedding head")
+    if not is_project_checkpoint(state):
+        return False
+    head = {k[len("last_linear.") :]: v for k, v in state.items() if k.startswith("last_linear.")}
+    own = linear.state_dict()
+    if set(head) != set(own) or any(head[k].shape != own[k].shape for k in own):
+        shapes = {k: tuple(v.shape) for k, v in head.items()}
+        log.warning(
+            f"--pretrained_path {path}: its last_linear {shapes} does not fit this network's "
+            f"({linear.in_features} -> {linear.out_features}); the embedding head starts from random weights"
+        )
+        return False
+    linear.load_state_dict(head)
+    log.info(f"--pretrained_path {path}: loaded last_linear (the embedding head) as well")
+    return True
 
 
 def load_error_reason(err: BaseException, file: Path) -> str:

@@ -71,6 +71,7 @@ class BNInception(EmbeddingNet):
 
     name = "bninception"
     default_input_config = BNINCEPTION_INPUT
+    pretrained_weights = "pretrainedmodels:bninception/imagenet"  # WEIGHTS_URL
 
     def make_backbone(
         self, spec: ArchSpec, *, pretrained: bool, pretrained_path: str

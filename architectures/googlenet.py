@@ -38,6 +38,7 @@ class GoogLeNet(EmbeddingNet):
 
     name = "googlenet"
     default_input_config = InputConfig(crop=227)
+    pretrained_weights = "torchvision:GoogLeNet_Weights.IMAGENET1K_V1"
 
     def make_backbone(
         self, spec: ArchSpec, *, pretrained: bool, pretrained_path: str

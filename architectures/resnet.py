@@ -15,6 +15,8 @@ from torch import nn
 
 from architectures.base import ArchSpec, EmbeddingNet, GlobalPool, build_weights
 
+WEIGHTS = "IMAGENET1K_V1"  # torchvision's original ImageNet training
+
 
 class _TorchvisionResNet(EmbeddingNet):
     depth = 50
@@ -26,7 +28,7 @@ class _TorchvisionResNet(EmbeddingNet):
         import torchvision.models  # lazy: seconds of CPU that --help and configuration errors skip
 
         builder = getattr(torchvision.models, self.name)
-        weights = getattr(torchvision.models, f"ResNet{self.depth}_Weights").IMAGENET1K_V1
+        weights = getattr(getattr(torchvision.models, f"ResNet{self.depth}_Weights"), WEIGHTS)
         net = build_weights(
             self.name,
             lambda: builder(weights=None),
@@ -37,6 +39,10 @@ class _TorchvisionResNet(EmbeddingNet):
         net.avgpool = GlobalPool(spec.pooling, keepdim=True)
         net.fc = nn.Identity()
         return net, self.feature_dim
+
+    @classmethod
+    def pretrained_weights_for(cls, spec: ArchSpec) -> str:
+        return f"torchvision:ResNet{cls.depth}_Weights.{WEIGHTS}"
 
 
 class ResNet18(_TorchvisionResNet):

@@ -50,6 +50,16 @@ class Timm(EmbeddingNet):
     def input_config_for(cls, spec: ArchSpec) -> InputConfig:
         return timm_input_config(spec.model)
 
+    @classmethod
+    def pretrained_weights_for(cls, spec: ArchSpec) -> str:
+        """``timm:<architecture>.<tag>``: the tag the name resolves to (its default when it names
+        none), read from timm's pretrained config without downloading anything."""
+        try:
+            cfg = _timm().get_pretrained_cfg(spec.model)
+        except Exception:
+            cfg = None
+        return f"timm:{cfg.architecture}.{cfg.tag}" if cfg is not None and cfg.tag else f"timm:{spec.model}"
+
     def make_backbone(
         self, spec: ArchSpec, *, pretrained: bool, pretrained_path: str
     ) -> tuple[nn.Module, int]:

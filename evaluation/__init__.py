@@ -10,6 +10,7 @@ Which epoch is "best" is decided in :mod:`evaluation.selection`.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ import metrics
 from evaluation.console import format_short, shown_metrics
 from evaluation.options import search_options
 from evaluation.retrievals import row_paths
+from metrics import scores
 from metrics.ranking import check_backend
 from utilities import distributed
 from utilities.checkpoint import load_weights
@@ -41,37 +43,51 @@ def embed(
     device: torch.device,
     dist: distributed.Context = distributed.SINGLE,
     *,
+    with_params: bool = False,
     progress: Progress | None = None,
     stage: str = "embedding",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, D) float32 embeddings and (N,) labels of every item of ``loader``'s dataset, in order.
+) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(N, D) float32 embeddings and (N,) labels of every item of ``loader``'s dataset, in order;
+    ``with_params``: also the (N, P) float32 distribution parameters.
 
+    A model with ``infer`` (architectures.EmbeddingNet) gives its mean, what retrieval ranks (a
+    probabilistic model's ``forward`` packs the parameters after it), and its parameters: the
+    embedding's norm before normalisation (dirac), log σ² (gaussian) or log κ (vmf). Any other
+    module is taken as a dirac embedding: its output, whose norm stands in for the parameter.
     Under torchrun each rank's loader covers its shard (``make_loader(..., dist=)``); the shards
     are gathered so that every rank returns the whole split in dataset order. ``progress``: the
     run's bar, advanced per batch as ``stage``."""
     was_training = model.training
     model.eval()
+    infer = getattr(model, "infer", None)
     n = len(loader.dataset)
-    embeddings: torch.Tensor | None = None
+    arrays: list[torch.Tensor] | None = None  # embeddings, then params
     labels = torch.empty(n, dtype=torch.long)
     for images, batch_labels, idx in progress.track(loader, stage) if progress else loader:
-        out = model(images.to(device, non_blocking=True)).float()
-        if embeddings is None:
-            embeddings = torch.empty(n, out.shape[1], dtype=torch.float32, device=out.device)
-        embeddings[idx.to(out.device)] = out
+        x = images.to(device, non_blocking=True)
+        if infer is not None:
+            mean, params = infer(x)
+        else:
+            mean = model(x)
+            params = mean.float().norm(dim=1, keepdim=True)
+        outs = (mean, params) if with_params else (mean,)
+        if arrays is None:
+            arrays = [torch.empty(n, o.shape[1], dtype=torch.float32, device=o.device) for o in outs]
+        for array, out in zip(arrays, outs, strict=True):
+            array[idx.to(out.device)] = out.float()
         labels[idx] = batch_labels
     model.train(was_training)
-    if dist.active:  # a rank whose shard is empty learns the width from the others
-        dims = distributed.all_gather_object(None if embeddings is None else embeddings.shape[1], dist)
-        dim = next((d for d in dims if d is not None), None)
-        if embeddings is None and dim is not None:
-            embeddings = torch.empty(n, dim, dtype=torch.float32, device=device)
-        if embeddings is not None:
-            embeddings = distributed.gather_shards(embeddings, dist)
-            labels = distributed.gather_shards(labels.to(embeddings.device), dist).cpu()
-    if embeddings is None:
+    if dist.active:  # a rank whose shard is empty learns the widths from the others
+        widths = distributed.all_gather_object(None if arrays is None else [a.shape[1] for a in arrays], dist)
+        known = next((w for w in widths if w is not None), None)
+        if arrays is None and known is not None:
+            arrays = [torch.empty(n, w, dtype=torch.float32, device=device) for w in known]
+        if arrays is not None:
+            arrays = [distributed.gather_shards(a, dist) for a in arrays]
+            labels = distributed.gather_shards(labels.to(arrays[0].device), dist).cpu()
+    if arrays is None:
         raise ValueError("cannot evaluate an empty split")
-    return embeddings, labels
+    return (arrays[0], labels, arrays[1]) if with_params else (arrays[0], labels)
 
 
 def query_gallery_masks(dataset) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -83,7 +99,8 @@ def save_embeddings(path: str | Path, embeddings: torch.Tensor, labels: torch.Te
     """Write ``embeddings`` (N, D), ``labels`` (N,) and optional arrays as ``.npz`` (None values are
     left out). :func:`evaluate_split` adds ``is_query`` / ``is_gallery`` masks, ``epoch``, ``paths``
     (each row's image path as the dataset lists it, ``digits:<i>`` for the embedded dataset; see
-    :mod:`evaluation.retrievals`), ``dataset`` and ``split`` (names)."""
+    :mod:`evaluation.retrievals`), ``dataset`` and ``split`` (names), ``params`` (N, P: the
+    distribution parameters), ``confidence`` (N,) and ``distribution`` (its name)."""
     path = Path(path)
     arrays = {
         "embeddings": embeddings.detach().cpu().numpy().astype(np.float32),
@@ -99,6 +116,25 @@ def save_embeddings(path: str | Path, embeddings: torch.Tensor, labels: torch.Te
     return path
 
 
+def keep_selected_embeddings(folder: str | Path, splits: list[str]) -> list[Path]:
+    """Copy each ``embeddings_<split>.npz`` of ``splits`` (just written for the epoch that became
+    the selected one) to ``embeddings_<split>_selected.npz``: the per-epoch file is overwritten at
+    every evaluation, the copy keeps the selected epoch's embeddings (``Result_Evaluations.py
+    --query_bootstrap`` resamples them). Atomic, like the per-epoch file; returns the copies."""
+    kept = []
+    for split in splits:
+        source = Path(folder) / f"embeddings_{split}.npz"
+        if not source.is_file():
+            continue
+        target = source.with_name(f"embeddings_{split}_selected.npz")
+        tmp = target.with_name(target.name + ".tmp")
+        with writing(target):
+            shutil.copyfile(source, tmp)
+            tmp.replace(target)
+        kept.append(target)
+    return kept
+
+
 def evaluate_split(
     model: nn.Module,
     loader: torch.utils.data.DataLoader,
@@ -112,6 +148,7 @@ def evaluate_split(
     dist: distributed.Context = distributed.SINGLE,
     dataset: str | None = None,
     progress: Progress | None = None,
+    distribution: str = "dirac",
     **search: Any,
 ) -> dict[str, float | list[float]] | None:
     """All ``metric_names`` on one split, plus ``eval_time`` (seconds, embedding included; a CSV
@@ -120,17 +157,27 @@ def evaluate_split(
     of the CSV, which holds scalars, but stored in the run's history and summary). ``search``: the
     retrieval options of :func:`metrics.compute` (backend, chunk, faiss index, k-means).
     ``dataset``: the dataset's name, stored in the saved ``.npz`` with each row's image path.
-    ``progress``: the run's bar (embedding batches, then metrics).
+    ``progress``: the run's bar (embedding batches, then metrics). ``distribution``: the model's
+    ``--embedding_distribution``; its parameters (:func:`embed` ``with_params``) give the metrics
+    each sample's confidence (the uncertainty metrics) and, with ``search["score"]``, the ranking
+    score of the retrieval metrics (:mod:`metrics.scores`); the ``.npz`` holds them as ``params``
+    and ``confidence``.
 
     Under torchrun every rank embeds its shard, and rank 0 alone computes the metrics (and saves
     the embeddings); the other ranks return None."""
     name = getattr(loader.dataset, "name", None) or "split"  # for the progress bar
     start = time.perf_counter()
-    embeddings, labels = embed(model, loader, device, dist, progress=progress, stage=f"{name} embedding")
+    embeddings, labels, params = embed(
+        model, loader, device, dist, with_params=True, progress=progress, stage=f"{name} embedding"
+    )
     t_embed = time.perf_counter() - start
     if not dist.is_main:
         return None
     is_query, is_gallery = query_gallery_masks(loader.dataset)
+    try:
+        confidence = scores.confidence(params, distribution)
+    except ValueError as err:
+        raise ConfigError(f"--embedding_distribution {distribution}: {err}") from None
     if save_to is not None:
         save_embeddings(
             save_to,
@@ -142,6 +189,9 @@ def evaluate_split(
             paths=row_paths(loader.dataset, dataset),
             dataset=dataset,
             split=getattr(loader.dataset, "name", None) or None,
+            params=params,
+            confidence=confidence,
+            distribution=distribution,
         )
     timings: dict[str, float] = {}
     results = metrics.compute(
@@ -154,6 +204,9 @@ def evaluate_split(
         device=metric_device,
         timings=timings,
         progress=progress.steps(f"{name} metrics", len(set(metric_names))) if progress else None,
+        confidence=confidence,
+        params=params,
+        distribution=distribution,
         **search,
     )
     results["eval_time"] = time.perf_counter() - start
@@ -218,7 +271,8 @@ def check_options(opt, metric_device: torch.device) -> None:
     """Before training, so a bad combination never costs a finished epoch: ``--eval_backend``
     must run where the metrics are computed (numba is CPU only), and the selection metric (the
     first ``--storage_metrics``; the others break its ties) must be scalars that
-    ``--evaluation_metrics`` computes."""
+    ``--evaluation_metrics`` computes; ``--retrieval_score`` must fit ``--embedding_distribution``
+    and the backend."""
     try:
         check_backend(opt.eval_backend, metric_device)
     except ValueError as err:
@@ -235,6 +289,7 @@ def check_options(opt, metric_device: torch.device) -> None:
             raise ConfigError(f"--storage_metrics {key}: an array metric cannot select an epoch")
     try:
         metrics.check_faiss_request(opt.evaluation_metrics, opt.eval_backend, opt.eval_index)
+        scores.check_score(opt.retrieval_score, opt.embedding_distribution, opt.eval_backend)
     except ValueError as err:
         raise ConfigError(str(err)) from None
 
@@ -246,6 +301,7 @@ def eval_options(opt, split: str, folder: Path, epoch: int) -> dict:
         "save_to": Path(folder) / f"embeddings_{split}.npz" if opt.save_embeddings else None,
         "epoch": epoch,
         "dataset": opt.dataset,
+        "distribution": opt.embedding_distribution,
     }
 
 

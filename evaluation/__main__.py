@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="output JSON; by default <FILE>.metrics.json (--ensemble: <group>_ensemble.json)",
     )
-    add_retrieval_args(p.add_argument_group("retrievals (a picture of queries and their nearest gallery items)"))
+    add_retrieval_args(
+        p.add_argument_group("retrievals (a picture of queries and their nearest gallery items)")
+    )
     return p
 
 
@@ -159,6 +161,9 @@ def main(argv: list[str] | None = None) -> dict:
     except ValueError as err:
         raise ConfigError(str(err)) from None
     masks = {k: torch.from_numpy(data[k]) if k in data else None for k in ("is_query", "is_gallery")}
+    # a file main.py wrote carries the distribution parameters and confidences (uncertainty metrics,
+    # --retrieval_score); an older or foreign file is a point embedding without them
+    optional = {k: torch.from_numpy(data[k]) if k in data else None for k in ("params", "confidence")}
     timings: dict[str, float] = {}
     try:
         results = metrics.compute(
@@ -171,6 +176,9 @@ def main(argv: list[str] | None = None) -> dict:
             device=device,
             **search_options(opt),
             timings=timings,
+            confidence=optional["confidence"],
+            params=optional["params"],
+            distribution=str(data["distribution"]) if "distribution" in data else "dirac",
         )
     except ValueError as err:
         raise ConfigError(f"--embeddings {path}: {err}") from None

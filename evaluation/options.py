@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 import metrics
+from metrics.scores import SCORES
 from utilities.errors import ConfigError
 
 DEFAULT_METRICS = [  # the study's default list (mAP variants fixed, see metrics/) + MAP@R family
@@ -98,6 +99,14 @@ def add_evaluation_args(group: argparse._ArgumentGroup) -> None:
         help="k-means for nmi/f1/ami: torch (same clusters on CPU and CUDA) or faiss (very large splits)",
     )
     group.add_argument(
+        "--retrieval_score",
+        default="mean",
+        choices=list(SCORES),
+        help="what the retrieval metrics rank by: mean = the embeddings (squared Euclidean); mls = "
+        "the mutual likelihood score of gaussian embeddings (PFE; ~10x slower on CPU); "
+        "expected_cosine = E[cos] of vmf embeddings (see metrics/scores.py)",
+    )
+    group.add_argument(
         "--eval_chunk",
         type=int,
         default=0,
@@ -138,4 +147,5 @@ def search_options(opt: argparse.Namespace) -> dict:
         "index_params": index_params(opt),
         "recall_sample": opt.eval_recall_sample,
         "kmeans": opt.eval_kmeans,
+        "score": opt.retrieval_score,
     }

@@ -78,9 +78,9 @@ FRESH = {  # flags appended to the digits command -> a fragment of the one error
     "savename escapes": (["--savename", "../../escape"], "--savename"),
     "absolute savename": (["--savename", "{tmp}/abs_escape"], "--savename"),
     "group with a separator": (["--log_online", "--group", "a/b"], "--group"),
-    "pretrained path for smallcnn": (
+    "garbage pretrained path": (
         ["--pretrained_path", "{data}/garbage.pt"],
-        "smallcnn has no pretrained weights",
+        "garbage.pt: not a readable torch state dict",
     ),
     "garbage evaluate_only checkpoint": (
         ["--evaluate_only", "--checkpoint", "{data}/garbage.pt"],

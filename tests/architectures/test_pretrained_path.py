@@ -30,31 +30,42 @@ def opt(**kw) -> argparse.Namespace:
     return argparse.Namespace(**{**base, **kw})
 
 
-SMALLCNN_REFUSED = (
-    "--pretrained_path: smallcnn has no pretrained weights (it always starts from random weights); "
-    "drop --pretrained_path or choose a backbone that has them"
-)
-
-
-def test_smallcnn_refuses_pretrained_path(tmp_path):
+def test_smallcnn_loads_a_local_file_and_a_project_checkpoint(tmp_path):
+    """smallcnn has no library weights, but takes a local file: its own backbone state dict, or a
+    checkpoint of an earlier run (backbone and last_linear; e.g. the frozen mean of PFE/SCF)."""
+    torch.manual_seed(0)
+    trained = architectures.select("smallcnn_normalize", opt())
     weights = tmp_path / "w.pt"
-    torch.save(architectures.select("smallcnn", opt()).backbone.state_dict(), weights)
-    with pytest.raises(ConfigError) as err:
-        architectures.select("smallcnn_normalize", opt(pretrained_path=str(weights)))
-    assert str(err.value) == SMALLCNN_REFUSED
-    with pytest.raises(ConfigError) as err:  # built by hand as well
-        SmallCNN(spec=parse_arch("smallcnn"), embed_dim=8, pretrained=True, pretrained_path=str(weights))
-    assert str(err.value) == SMALLCNN_REFUSED
-    # the parse-time check needs only the flags (the file is not even looked at)
-    with pytest.raises(ConfigError) as err:
-        architectures.check_pretrained_path("smallcnn_he_normalize", "/nowhere/w.pt")
-    assert str(err.value) == SMALLCNN_REFUSED
-    architectures.check_pretrained_path("smallcnn", "")  # no --pretrained_path: fine
+    torch.save(trained.backbone.state_dict(), weights)
+    torch.manual_seed(1)
+    loaded = architectures.select("smallcnn_normalize", opt(pretrained_path=str(weights)))
+    for key, value in trained.backbone.state_dict().items():
+        assert torch.equal(loaded.backbone.state_dict()[key], value), key
+    assert not torch.equal(loaded.last_linear.weight, trained.last_linear.weight)  # a backbone file only
+    run = tmp_path / "checkpoint_best.pt"
+    torch.save({"model": trained.state_dict(), "epoch": 3}, run)
+    torch.manual_seed(2)
+    loaded = SmallCNN(spec=parse_arch("smallcnn"), embed_dim=8, pretrained=False, pretrained_path=str(run))
+    assert torch.equal(loaded.last_linear.weight, trained.last_linear.weight) and loaded.head_loaded
+    architectures.check_pretrained_path("smallcnn_he_normalize", "/nowhere/w.pt")  # parse time: flags only
     architectures.check_pretrained_path("resnet50_frozen_normalize", "/nowhere/w.pt")
-    architectures.check_pretrained_path("timm:resnet18", "/nowhere/w.pt")
     assert [
         n for n in architectures.REGISTRY.names() if not architectures.REGISTRY.get(n).has_pretrained_weights
     ] == ["smallcnn"]
+    assert all(architectures.REGISTRY.get(n).accepts_local_weights for n in architectures.REGISTRY.names())
+
+
+def test_a_plugin_that_ignores_local_weights_refuses_them():
+    class NoLocal(SmallCNN):
+        name = "nolocal"
+        accepts_local_weights = False
+
+    with pytest.raises(ConfigError) as err:
+        NoLocal(spec=parse_arch("smallcnn"), embed_dim=8, pretrained=False, pretrained_path="/nowhere/w.pt")
+    assert str(err.value) == (
+        "--pretrained_path: nolocal cannot load local weights (it always starts from random weights); "
+        "drop --pretrained_path or choose a backbone that loads them"
+    )
 
 
 class Pickled:

@@ -207,6 +207,8 @@ def test_bad_backend_or_selection_metric_is_a_config_error_before_training():
             eval_index="flat",
             storage_metrics=list(storage),
             evaluation_metrics=list(computed),
+            retrieval_score="mean",
+            embedding_distribution="dirac",
         )
 
     with pytest.raises(ConfigError, match="CPU tensors only"):
