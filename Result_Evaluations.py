@@ -27,6 +27,25 @@ One group = the seeds of one setup. Two checks keep a group honest:
   ``--allow_mixed`` instead reports each setting as its own row (``Method [n_epochs=2]``, column
   ``setting``); runs with differing flags are never pooled.
 
+**Run cards** (``utilities/run_card.py``: what a run's result depends on, recorded by ``main.py`` in
+``args.json`` and ``summary.json``, and in the W&B config as ``run_card``; summary.json's card is
+used, else args.json's). Within a group, the seeds must also share the card's config hash (every
+flag but the bookkeeping ones; the refusal names the flags that differ), weights and input
+resolution (:data:`GROUP_CARD_FIELDS`). Across the groups of one dataset, i.e. the rows of one table,
+the cards may differ only in the compared method (loss, miner, their flags, the embedding's
+normalisation) and in provenance (commit, dirty flag): the backbone, pretrained weights, embedding
+dimension, input resolution, augmentation, sampler and samples per class, batch size, epochs,
+selection split and metrics, and the class split (between runs of one seed) must agree
+(:data:`TABLE_CARD_FIELDS`); otherwise the tables are refused with one line naming the fields, their
+values and example groups. ``--allow_mixed`` (one flag for both kinds of mixing) writes such a
+table anyway, marked: "Mixed run cards" and the fields in the caption, the column ``mixed_cards`` of
+``results.csv``. Every row of ``results.csv`` carries its runs' ``commit`` (7 hex digits, "(dirty)"
+for uncommitted changes) and ``config_hash`` (12 hex digits), each distinct value once; every
+``.tex`` starts with one comment per row: ``% run cards: <group>: commit abc1234 (dirty), config
+9f8e12345678``. Runs without a card (written before main.py recorded one) are never refused: they
+are left out of these comparisons, shown as "no run card" in those columns and comments, and one
+``note:`` line on stderr names their groups.
+
 Two protocols, always labelled:
 
 * **selected** (the default, reported first): every metric of every split *at the run's selected
@@ -39,6 +58,32 @@ Two protocols, always labelled:
 Aggregation over seeds: mean and **sample standard deviation (ddof = 1)**; the study used ddof = 0
 (``np.std``), which underestimates the spread of 5 seeds by a factor √(4/5). With one seed the std
 is undefined and shown as "n=1".
+
+Statistics (:mod:`evaluation.statistics` has the formulas, edge cases and references to scipy):
+
+* **Confidence intervals over seeds**, ``--ci t`` (default: Student-t, from the sample std),
+  ``bootstrap`` (percentile bootstrap of the seeds, ``--bootstrap`` resamples, ``--bootstrap_seed``)
+  or ``none``; level 1 − ``--alpha``. A cell then reads mean ± half the interval's width (the
+  caption says which interval, e.g. "95% Student-t interval ... over 5 seeds"); ``results.csv``
+  has the bounds as ``<metric>|ci_low`` / ``<metric>|ci_high`` (the same ``|`` naming as ``|mean``);
+  the figures' error bars are the interval. ``--ci none``: mean ± sample std, as before.
+* **Tests against the best**: per dataset, protocol and higher-is-better metric, every method is
+  compared with the one of the highest mean, ``--test auto`` (paired t-test when both ran the same
+  seeds, else Welch's t-test), ``paired_t``, ``wilcoxon`` (signed ranks; both fall back to Welch
+  when the seeds differ) or ``welch``; two-sided, no multiplicity correction. The bold cells are
+  the best mean *and* every method the test does not find worse at ``--alpha`` (test and α in the
+  caption). ``results.csv`` has ``<metric>|p`` (NaN: not testable) and ``<metric>|test`` (the test
+  used; ``best``; ``n=1`` when either side has one seed, which is never bold unless it is the best),
+  ``results.md`` prints ``(p=…)`` after each tested cell; identical values give p = 1.
+* **Query bootstrap**, ``--query_bootstrap B`` (0: off): per run, the test queries resampled B
+  times from the run's ``embeddings_testing_selected.npz`` (``main.py --save_embeddings`` keeps the
+  selected epoch's embeddings there; one exact ranking pass for per-query R@k hits and AP@R), for
+  R@k and MAP@R at the selected epoch; an older run without that file falls back to
+  ``embeddings_testing.npz``, which holds the last evaluation, and is left out with a warning when
+  that is not the selected epoch.
+  ``results.csv``: ``<metric>|qci_low`` / ``|qci_high``, the mean over the group's runs of each
+  run's interval (the typical test-sampling uncertainty of one run, not of the mean over seeds),
+  and ``|qci_n``, the runs averaged.
 
 Outputs (in ``--out``): ``results.csv`` (one row per dataset × group × protocol: seed count, kept
 seeds, dropped duplicate runs, loss and method family, and mean/std of every metric),
@@ -60,16 +105,20 @@ shows "-"). ``--cost`` adds the run cost from summary.json's ``compute`` dict (t
 evaluation images/s, wall time in hours, peak GPU and host memory in GB; mean over seeds; "–"
 where the runs did not record it, e.g. no GPU or an older run) to results.csv and results.md, and
 writes ``table_<dataset>_cost.tex`` (Method, R@1, Seeds and the cost: the metric table with five
-more columns would not fit a page). Tables of more than 8 columns (three or more Recall@k) are set in
+more columns would not fit a page). Runs that recorded the
+uncertainty or verification metrics (``erc_recall@1``, ``erc_mAP@R``, ``confidence_accuracy``,
+``roc_auc``, ``eer``, ``tpr@1e-3``; e.g. the probabilistic losses) also get
+``table_<dataset>_uncertainty.tex`` (Method, R@1, MAP@R and those; ERC areas and EER are bolded
+at their minimum). Tables of more than 8 columns (three or more Recall@k) are set in
 ``\\footnotesize`` with narrower gaps.
 
 Figures. Every method has one style in all of them: the colour of its family (Okabe & Ito's
 colour-blind-safe palette: pair-based blue, multi-pair orange, ranking-based reddish purple,
-proxy-based bluish green, classification-based vermillion, unknown grey; the family comes from the
-run's ``--loss``, :data:`LOSS_FAMILY`), its own marker shape (shared with its R- variant) and, for
-bars, the family's hatch, so they also read in greyscale; baselines are filled, ρ-regularised R-
-variants hollow. Error bars are the interval the tables report (mean ± sample std over seeds; none
-with one seed). Axes name the metric, split and unit.
+proxy-based bluish green, classification-based vermillion, probabilistic sky blue, unknown grey; the
+family comes from the run's ``--loss``, :data:`LOSS_FAMILY`), its own marker shape (shared with its
+R- variant) and, for bars, the family's hatch, so they also read in greyscale; baselines are filled,
+ρ-regularised R- variants hollow. Error bars are the interval the tables report (the ``--ci``
+interval, or ± sample std with ``--ci none``; none with one seed). Axes name the metric, split and unit.
 
 * ``metric_correlation_matrix``: Pearson r between the test metrics (R@k of the dataset, F1, MAP@R,
   NMI) across the baseline methods, per dataset; diverging map centred at 0 (−1 … 1), colour bar,
@@ -83,10 +132,11 @@ with one seed). Axes name the metric, split and unit.
 
 Every ``.tex`` is a ``table*`` float to ``\\input`` into a document whose preamble has
 ``\\usepackage{booktabs}`` (the first line says so): booktabs rules, the best mean of each
-higher-is-better column in bold (ties: all; only where at least two methods have a value; the
-embedding-space statistics π and ρ have no "better" direction and are never bolded), a caption
-stating the protocol (selection split, with the test split flagged †; the number of seeds; mean ±
-sample std; × 100; the markers), method names with LaTeX's special characters escaped, pure ASCII.
+higher-is-better column in bold with the methods not significantly worse (ties: all; only where at
+least two methods have a value; the embedding-space statistics π and ρ have no "better" direction
+and are never bolded), a caption stating the protocol (selection split, with the test split
+flagged †; the number of seeds; mean ± the interval or sample std; × 100; the test and α of the
+bold cells; the markers), method names with LaTeX's special characters escaped, pure ASCII.
 
 Deviations from the study's script: local runs first and W&B optional (the study needed the network and a hard-coded project);
 no import-time work; robust grouping; ddof = 1; metrics at the selected epoch by default; every
@@ -114,6 +164,10 @@ from typing import Any
 
 import numpy as np
 
+from evaluation import statistics
+from utilities.errors import ConfigError
+from utilities.run_card import hashed_config
+
 SELECTED = "selected"
 MAX_OVER_EPOCHS = "max over epochs (test)"
 DATASET_ORDER = ["cub200", "cars196", "online_products", "inshop", "in-shop", "inaturalist", "digits"]
@@ -129,6 +183,7 @@ TABLE_COLUMNS = [
 # The blocks of the shared table (one per dataset) without --columns: R@1, the rank every dataset
 # reports, and NMI, as in the study; a page-wide table of mean ± std cells holds no more than that.
 SHARED_COLUMNS = ["R@1", "NMI"]
+SHARED_DATASETS = ("cub200", "cars196", "online_products")  # the shared table's blocks (those with runs)
 # --cost: the ``compute`` dict of summary.json -> (header, key, divisor, decimals); mean over seeds.
 COST_COLUMNS = [
     ("Train img/s", "train_images_per_s", 1, 0), ("Eval img/s", "eval_images_per_s", 1, 0),
@@ -153,6 +208,8 @@ METRIC_LABELS = {
     "mAP_1000": "mAP@1000", "mAP_lim": "mAP (limited)", "mrr": "MRR", "r_precision": "R-Precision",
     "c_nmi": "NMI (cosine)", "c_f1": "F1 (cosine)", "dists@intra": "π_intra", "dists@inter": "π_inter",
     "dists@intra_over_inter": "π_ratio", "rho_spectrum@2": "ρ(Φ)",
+    "erc_recall@1": "ERC-R@1", "erc_mAP@R": "ERC-MAP@R", "confidence_accuracy": "Conf. acc.",
+    "roc_auc": "AUC", "eer": "EER",
 }  # fmt: skip
 PRETTY = {
     "Margin_b06_Distance": "Margin (D, β=0.6)", "Margin_b12_Distance": "Margin (D, β=1.2)",
@@ -170,15 +227,16 @@ LOSS_FAMILY = {
     **dict.fromkeys(("fastap", "histogram"), "ranking-based"),
     **dict.fromkeys(("proxynca", "proxyanchor", "softtriplet"), "proxy-based"),
     **dict.fromkeys(("softmax", "arcface", "cosface", "sphereface", "adacos", "adaface", "curricularface",
-                     "elasticface", "subcenter_arcface"), "classification-based"),
+                     "elasticface", "subcenter_arcface", "dsml"), "classification-based"),
+    **dict.fromkeys(("hib", "pfe", "dul_cls", "dul_reg", "spe", "scf", "vmf_fl", "vmf"), "probabilistic"),
 }  # fmt: skip
 _LOSS_ALIASES = {"ms": "multisimilarity", "genlifted": "lifted", "softtriple": "softtriplet", "n": "npair"}
 FAMILY_COLOURS = {
     "pair-based": "#0072B2", "multi-pair": "#E69F00", "ranking-based": "#CC79A7", "proxy-based": "#009E73",
-    "classification-based": "#D55E00", "other": "#999999",
+    "classification-based": "#D55E00", "probabilistic": "#56B4E9", "other": "#999999",
 }  # fmt: skip
 FAMILY_HATCHES = {"pair-based": "", "multi-pair": "//", "ranking-based": "..", "proxy-based": "xx",
-                  "classification-based": "\\\\", "other": "--"}  # fmt: skip
+                  "classification-based": "\\\\", "probabilistic": "oo", "other": "--"}  # fmt: skip
 # one marker shape per method (a method and its R- variant share it; the variant is hollow)
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "p", "h", "d", "H", "8")
 _PREFIX = re.compile(r"^(CUB|CARS?|SOP|DIG|INSHOP)(reg)?_", re.IGNORECASE)
@@ -191,12 +249,33 @@ PROTOCOL_FLAGS = (
 # Metric families (``metrics/``) where a larger value is better; everything else (the density
 # statistics ``dists@*``, ``rho_spectrum@*``, epochs, losses) has no "best" and is never bolded.
 HIGHER_IS_BETTER = {"e_recall", "c_recall", "precision", "r_precision", "mAP", "mAP_c", "mAP_1000", "mAP_lim",
-                    "mAP@R", "mrr", "nmi", "c_nmi", "ami", "f1", "c_f1"}  # fmt: skip
+                    "mAP@R", "mrr", "nmi", "c_nmi", "ami", "f1", "c_f1",
+                    "confidence_accuracy", "roc_auc", "tpr"}  # fmt: skip
+# Where a smaller value is better: the error-versus-reject areas and the verification error rates.
+LOWER_IS_BETTER = {"erc_recall", "erc_mAP@R", "eer", "fnmr"}
+# The uncertainty and verification columns of table_<dataset>_uncertainty.tex (written when the
+# runs recorded any of them), after R@1 and MAP@R.
+UNCERTAINTY_COLUMNS = ("erc_recall@1", "erc_mAP@R", "confidence_accuracy", "roc_auc", "eer", "tpr@1e-3")
 DAGGER, DDAGGER = "\\dagger", "\\ddagger"
 
 
+# Run card fields (utilities/run_card.py) that every run of one table must share: everything but the
+# compared method (its loss, miner and their flags, and the embedding normalisation, all inside the
+# config hash) and the provenance (commit, dirty flag). The class split is compared between runs of
+# the same seed (a validation split drawn with --seed differs between seeds, not between methods).
+TABLE_CARD_FIELDS = (
+    "backbone", "weights", "embed_dim", "input_crop", "input_resize", "augmentation", "data_sampler",
+    "samples_per_class", "bs", "n_epochs", "selection_split", "selection_metrics", "class_split_hash",
+)  # fmt: skip
+# ... and the seeds of one group besides their PROTOCOL_FLAGS: every flag (the config hash) and what
+# the flags do not pin down (the weights file's content, the library's input configuration).
+GROUP_CARD_FIELDS = ("config_hash", "weights", "input_crop", "input_resize")
+NO_CARD = "no run card"
+
+
 class MixedRunsError(ValueError):
-    """A group whose runs differ in a protocol flag (one line: group, flag, values, runs)."""
+    """Runs that may not share a table: a group whose runs differ in a protocol flag or run card
+    field, or a dataset whose groups' run cards differ (one line: where, the fields, example values)."""
 
 
 @dataclass
@@ -214,6 +293,9 @@ class Run:
     flags: dict[str, Any] = field(default_factory=dict)  # the PROTOCOL_FLAGS the run recorded
     finished: float = 0.0  # when it finished (summary.json mtime / W&B _timestamp): the newest duplicate wins
     compute: dict[str, Any] = field(default_factory=dict)  # summary.json "compute": throughput, memory, time
+    card: dict[str, Any] | None = None  # the run card (summary.json's, else args.json's); None: an older run
+    config: dict[str, Any] = field(default_factory=dict)  # the flags the card's config hash covers
+    folder: str = ""  # a local run's folder: --query_bootstrap reads its embeddings_testing.npz
 
 
 @dataclass
@@ -239,7 +321,8 @@ def load_local_runs(root: str | Path) -> list[Run]:
             summary = json.loads(summary_file.read_text())
             if summary.get("evaluate_only") or not (folder / "args.json").is_file():
                 continue
-            args = json.loads((folder / "args.json").read_text())["args"]
+            info = json.loads((folder / "args.json").read_text())
+            args = info["args"]
             finished = summary_file.stat().st_mtime
         except (json.JSONDecodeError, KeyError, OSError) as err:  # one broken run must not stop the table
             print(f"skipping {folder}: unreadable summary.json/args.json ({err})")
@@ -255,8 +338,15 @@ def load_local_runs(root: str | Path) -> list[Run]:
             selected={s: m for s, m in (summary.get("metrics") or {}).items() if m}, epochs=dict(epochs),
             name=folder.name, flags={k: args[k] for k in PROTOCOL_FLAGS if k in args}, finished=finished,
             compute=summary.get("compute") if isinstance(summary.get("compute"), dict) else {},
+            card=_card(summary.get("run_card"), info.get("run_card")), config=hashed_config(args),
+            folder=str(folder),
         ))  # fmt: skip
     return runs
+
+
+def _card(*candidates: Any) -> dict[str, Any] | None:
+    """The first run card among ``candidates`` (summary.json's: the run's end; args.json's: its start)."""
+    return next((c for c in candidates if isinstance(c, dict) and c), None)
 
 
 def load_wandb_runs(project: str, api: Any = None, keep: Any = None) -> list[Run]:
@@ -274,6 +364,7 @@ def load_wandb_runs(project: str, api: Any = None, keep: Any = None) -> list[Run
     runs = []
     for wb_run in api.runs(project):
         config = {k: v for k, v in dict(wb_run.config).items() if not k.startswith("_")}
+        card = _card(config.pop("run_card", None))  # main.py logs the card with its flags
         summary = dict(wb_run.summary)
         if "selected_epoch" not in summary or "dataset" not in config:
             continue  # unfinished, or not written by main.py
@@ -300,7 +391,7 @@ def load_wandb_runs(project: str, api: Any = None, keep: Any = None) -> list[Run
             selected=dict(selected), epochs={s: [r[e] for e in sorted(r)] for s, r in epochs.items()},
             name=wb_run.name, flags={k: config[k] for k in PROTOCOL_FLAGS if k in config},
             finished=float(summary["_timestamp"]) if _is_number(summary.get("_timestamp")) else 0.0,
-            compute=compute,
+            compute=compute, card=card, config=hashed_config(config),
         ))  # fmt: skip
     return runs
 
@@ -354,7 +445,8 @@ def metric_label(metric: str) -> str:
     if metric in METRIC_LABELS:
         return METRIC_LABELS[metric]
     family, _, param = metric.partition("@")
-    named = {"e_recall": "R@{}", "c_recall": "R@{} (cosine)", "precision": "P@{}", "rho_spectrum": "ρ@{}"}
+    named = {"e_recall": "R@{}", "c_recall": "R@{} (cosine)", "precision": "P@{}", "rho_spectrum": "ρ@{}",
+             "erc_recall": "ERC-R@{}", "tpr": "TPR@FPR={}", "fnmr": "FNMR@FMR={}"}  # fmt: skip
     return named[family].format(param) if family in named and param else metric
 
 
@@ -414,9 +506,11 @@ def keep_run(
 def group_runs(runs: Iterable[Run], allow_mixed: bool = False, warn: bool = True) -> list[Group]:
     """Runs -> one :class:`Group` per (dataset, group[, setting]).
 
-    A group whose runs differ in a :data:`PROTOCOL_FLAGS` flag raises :class:`MixedRunsError`
-    (``allow_mixed``: one group per setting instead). Of several finished runs of one seed only the
-    most recent is kept; the others go to ``dropped`` (one warning line per group on stderr)."""
+    A group whose runs differ in a :data:`PROTOCOL_FLAGS` flag, or whose run cards differ in a
+    :data:`GROUP_CARD_FIELDS` field (runs without a card are not compared), raises
+    :class:`MixedRunsError` (``allow_mixed``: one group per setting instead). Of several finished
+    runs of one seed only the most recent is kept; the others go to ``dropped`` (one warning line
+    per group on stderr)."""
     by_group: dict[tuple[str, str], list[Run]] = defaultdict(list)
     for run in runs:
         by_group[(run.dataset, run.group)].append(run)
@@ -424,15 +518,24 @@ def group_runs(runs: Iterable[Run], allow_mixed: bool = False, warn: bool = True
     for (dataset, group), members in by_group.items():
         settings = {id(r): {f: _flag_text(r.flags.get(f)) for f in PROTOCOL_FLAGS} for r in members}
         differing = [f for f in PROTOCOL_FLAGS if len({settings[id(r)][f] for r in members}) > 1]
+        # run card fields: compared between the runs that have a card (an older run is not refused)
+        carded = [r for r in members if r.card is not None]
+        card_differing = [f for f in GROUP_CARD_FIELDS if len({_card_text(r, f) for r in carded}) > 1]
+        for r in members:
+            settings[id(r)].update({f: _card_text(r, f) for f in card_differing})
+        differing += card_differing
         if differing and not allow_mixed:
             flag = differing[0]
             values: dict[str, list[str]] = defaultdict(list)
             for r in sorted(members, key=lambda r: _natural(r.name)):
                 values[settings[id(r)][flag]].append(r.name)
             listed = "; ".join(f"{flag}={v}: {_names(n)}" for v, n in values.items())
+            if flag == "config_hash":  # name the flags behind it
+                listed += f"; differing flags: {', '.join(_differing_flags(carded)) or 'none recorded'}"
             also = f" (also {', '.join(differing[1:])})" if len(differing) > 1 else ""
+            where = f"--{flag}" if flag in PROTOCOL_FLAGS else f"the run card's {flag}"
             raise MixedRunsError(
-                f"{dataset}/{group}: its runs differ in --{flag}{also} ({listed}); runs of different setups "
+                f"{dataset}/{group}: its runs differ in {where}{also} ({listed}); runs of different setups "
                 "are not seeds of one method: remove or --exclude the stray runs, or pass --allow_mixed to "
                 "report each setting as its own row"
             )
@@ -466,6 +569,23 @@ def _flag_text(value: Any) -> str:
     return "-" if value is None else json.dumps(value, sort_keys=True).strip('"')
 
 
+def _card_text(run: Run, name: str) -> str:
+    """A run card field as text (SHA-256 digests shortened to 12 hex digits); "no run card" for an
+    older run."""
+    if run.card is None:
+        return NO_CARD
+    value = run.card.get(name)
+    if isinstance(value, str):  # a hash, or a weights file's "sha256:<hash>"
+        return re.sub(r"[0-9a-f]{64}", lambda m: m.group(0)[:12], value)
+    return _flag_text(value)
+
+
+def _differing_flags(runs: list[Run]) -> list[str]:
+    """The flags (of the config hash) whose values differ between ``runs``."""
+    keys = sorted({k for r in runs for k in r.config})
+    return [k for k in keys if len({_flag_text(r.config.get(k)) for r in runs}) > 1]
+
+
 def _natural(name: str) -> list[Any]:
     """Sort key: "x_s1_10" after "x_s1_9" (numbers compared as numbers)."""
     return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name)]
@@ -479,7 +599,8 @@ def aggregate(
     runs: Iterable[Run], protocol: str = SELECTED, allow_mixed: bool = False, warn: bool = True
 ) -> list[dict[str, Any]]:
     """One row per (dataset, group[, setting]): seeds, selection split, dropped duplicates, and
-    mean / std (ddof=1) per quantity. Groups are formed by :func:`group_runs`."""
+    mean / std (ddof=1) per quantity. Groups are formed by :func:`group_runs`. Intervals and tests
+    are added by :func:`add_statistics`."""
     rows = []
     for g in group_runs(runs, allow_mixed=allow_mixed, warn=warn):
         members = sorted(g.members, key=lambda r: r.seed)
@@ -496,12 +617,18 @@ def aggregate(
             "seeds": " ".join(str(r.seed) for r in members),
             "dropped_duplicates": " ".join(sorted((r.name for r in g.dropped), key=_natural)),
             "selection_split": "/".join(split_names) if protocol == SELECTED else "testing (max per metric)",
+            **card_columns(members),
         }  # fmt: skip
         for key in sorted({k for v in values for k in v}):
             x = np.array([v[key] for v in values if key in v], dtype=np.float64)
             row[f"{key}|mean"] = float(x.mean())
             row[f"{key}|std"] = float(x.std(ddof=1)) if len(x) > 1 else float("nan")
             row[f"{key}|n"] = len(x)
+        # for add_statistics (intervals, tests between methods) and add_query_intervals; fields
+        # starting with "_" are not written to results.csv
+        row["_per_seed"] = {k: {r.seed: v[k] for r, v in zip(members, values, strict=True) if k in v}
+                            for k in {k for v in values for k in v}}  # fmt: skip
+        row["_runs"] = members
         rows.append(row)
     rows.sort(
         key=lambda r: (_dataset_rank(r["dataset"]), r["regularised"], r["method"], _natural(r["setting"]))
@@ -511,6 +638,238 @@ def aggregate(
 
 def _dataset_rank(dataset: str) -> tuple[int, str]:
     return (DATASET_ORDER.index(dataset) if dataset in DATASET_ORDER else len(DATASET_ORDER), dataset)
+
+
+# ---- run cards -----------------------------------------------------------------------------------
+
+
+def check_cards(runs: Iterable[Run], allow_mixed: bool = False) -> dict[str, list[str]]:
+    """``{dataset: the TABLE_CARD_FIELDS its runs differ in}`` for the datasets whose tables would
+    mix protocols (the others are left out). Only runs with a run card are compared; the class
+    split only between runs of one seed and cross-validation fold. Raises :class:`MixedRunsError` (one line: the dataset, the
+    fields, their values with example groups) unless ``allow_mixed``."""
+    by_dataset: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        if run.card is not None:
+            by_dataset[run.dataset].append(run)
+    out: dict[str, list[str]] = {}
+    for dataset in sorted(by_dataset, key=_dataset_rank):
+        members = sorted(by_dataset[dataset], key=lambda r: (_natural(r.group), r.seed, _natural(r.name)))
+        found: dict[str, str] = {}  # field -> its values with example groups
+        for name in TABLE_CARD_FIELDS:
+            # the class split differs by design between seeds (--use_tv_split draws per seed) and
+            # between the folds of a cross-validation: compare it within one (seed, fold)
+            pools: dict[tuple[int, Any] | None, list[Run]] = defaultdict(list)
+            for r in members:
+                pools[(r.seed, r.config.get("cv_fold")) if name == "class_split_hash" else None].append(r)
+            for key, pool in sorted(
+                pools.items(), key=lambda t: (-1, "") if t[0] is None else (t[0][0], str(t[0][1]))
+            ):
+                values: dict[str, list[str]] = defaultdict(list)
+                for r in pool:
+                    if r.group not in values[_card_text(r, name)]:
+                        values[_card_text(r, name)].append(r.group)
+                if len(values) > 1:
+                    fold = "" if key is None or key[1] is None else f", fold {key[1]}"
+                    seed_text = "" if key is None else f"seed {key[0]}{fold}: "
+                    found[name] = seed_text + "; ".join(f"{v}: {_names(g, 2)}" for v, g in values.items())
+                    break
+        if found and not allow_mixed:
+            listed = " | ".join(f"{f}: {v}" for f, v in found.items())
+            raise MixedRunsError(
+                f"{dataset}: the run cards of its table differ in {', '.join(found)} ({listed}); only the "
+                "compared method (loss, miner, their flags) may differ between the rows of one table: "
+                "remove or --exclude the stray runs, or pass --allow_mixed to write the table marked as mixed"
+            )
+        if found:
+            out[dataset] = list(found)
+    return out
+
+
+def card_columns(runs: Iterable[Run]) -> dict[str, str]:
+    """``commit`` and ``config_hash`` of a row (results.csv, the .tex comments): each distinct value
+    of its runs once, joined by " / ": 7 hex digits of the commit with "(dirty)" for uncommitted
+    changes ("no git" where unknown), 12 of the config hash; "no run card" for runs without one."""
+    commits: list[str] = []
+    configs: list[str] = []
+    for r in runs:
+        if r.card is None:
+            commits.append(NO_CARD)
+            configs.append(NO_CARD)
+            continue
+        commit = r.card.get("git_commit")
+        commits.append((commit[:7] if commit else "no git") + (" (dirty)" if r.card.get("git_dirty") else ""))
+        configs.append(_card_text(r, "config_hash"))
+    return {"commit": " / ".join(dict.fromkeys(commits)), "config_hash": " / ".join(dict.fromkeys(configs))}
+
+
+def _with_card_comments(text: str, rows: list[dict[str, Any]]) -> str:
+    """``text`` (a .tex table) with one comment line per row after its first line:
+    ``% run cards: <group>: commit abc1234 (dirty), config 9f8e12345678``."""
+    lines = []
+    for row in rows:
+        name = row["group"] + (f" [{row['setting']}]" if row.get("setting") else "")
+        if row.get("commit") == NO_CARD:
+            about = NO_CARD
+        else:
+            about = f"commit {row.get('commit', NO_CARD)}, config {row.get('config_hash', NO_CARD)}"
+        line = f"% run cards: {name}: {about}"
+        lines.append(" ".join(line.encode("ascii", "replace").decode().split()))  # one ASCII line
+    first, _, rest = text.partition("\n")
+    return "\n".join([first, *dict.fromkeys(lines), rest])
+
+
+# ---- statistics: intervals, tests against the best, query bootstrap ------------------------------
+
+
+def add_statistics(
+    rows: list[dict[str, Any]], ci: str = "t", alpha: float = 0.05, n_resamples: int = 10000,
+    test: str = "auto", seed: int = 0,
+) -> None:  # fmt: skip
+    """In place, on rows of :func:`aggregate`: ``<key>|ci_low`` / ``|ci_high`` (``ci``: ``t`` or
+    ``bootstrap`` over the seeds, level 1 − ``alpha``; none with ``ci="none"``, for one seed and for
+    the cost) and, per dataset, protocol and higher-is-better metric, the comparison of every row
+    with the best mean: ``|p`` (two-sided p-value; NaN when untestable) and ``|test`` (the test
+    used, ``best`` for the best row); see :mod:`evaluation.statistics`. Also the row fields ``ci``,
+    ``alpha``, ``test`` (and ``ci_resamples`` for the bootstrap), so that tables can say what they show."""
+    statistics.check_options(ci=ci, alpha=alpha, n_resamples=n_resamples, test=test)
+    for row in rows:
+        row.update({"ci": ci, "alpha": alpha, "test": test})
+        if ci == "bootstrap":
+            row["ci_resamples"] = n_resamples
+        if ci == "none":
+            continue
+        for key, per_seed in row.get("_per_seed", {}).items():
+            if len(per_seed) > 1 and not key.startswith("compute/"):
+                values = [per_seed[s] for s in sorted(per_seed)]
+                low, high = statistics.confidence_interval(values, ci, alpha, n_resamples, seed)
+                row[f"{key}|ci_low"], row[f"{key}|ci_high"] = low, high
+    blocks: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        blocks[(row["dataset"], row["protocol"])].append(row)
+    for block in blocks.values():
+        keys = {k for r in block for k in r.get("_per_seed", {})}
+        for key in sorted(k for k in keys if direction(k.split("/", 1)[-1])):
+            have = [r for r in block if r.get("_per_seed", {}).get(key)]
+            if len(have) < 2:
+                continue
+            sign = direction(key.split("/", 1)[-1])
+            best = max(have, key=lambda r: sign * r[f"{key}|mean"])
+            for r in have:
+                if r is best:
+                    r[f"{key}|test"] = "best"
+                    continue
+                result = statistics.compare(best["_per_seed"][key], r["_per_seed"][key], test)
+                r[f"{key}|p"], r[f"{key}|test"] = result.p, result.test
+
+
+def add_query_intervals(
+    rows: list[dict[str, Any]], n_resamples: int, alpha: float = 0.05, seed: int = 0
+) -> None:
+    """``--query_bootstrap``, in place on the ``selected`` rows: for every test Recall@k and MAP@R
+    of a row, ``|qci_low`` / ``|qci_high``, the mean over the group's runs of each run's
+    query-bootstrap interval (its own test queries resampled, :func:`evaluation.statistics.query_intervals`),
+    and ``|qci_n``, the runs it averages. A run counts when its folder holds the embeddings of its
+    selected epoch: ``embeddings_testing_selected.npz`` (``main.py --save_embeddings``), or for an
+    older run ``embeddings_testing.npz`` if its last evaluation was the selected epoch; the others
+    are left out: one warning line per group names those runs and why."""
+    statistics.check_options(alpha=alpha, query_resamples=n_resamples)
+    for row in rows:
+        if row["protocol"] != SELECTED:
+            continue
+        names = sorted(k.split("/", 1)[1] for k in row.get("_per_seed", {})
+                       if k.startswith("testing/") and statistics.QUERY_METRIC.fullmatch(k.split("/", 1)[1]))  # fmt: skip
+        if not names:
+            continue
+        found: dict[str, list[statistics.QueryInterval]] = defaultdict(list)
+        skipped = []
+        for run in row["_runs"]:
+            path = Path(run.folder) / "embeddings_testing_selected.npz"  # main.py keeps the selected epoch's
+            if not path.is_file():
+                path = path.with_name("embeddings_testing.npz")  # an older run: its last epoch
+            if not run.folder or not path.is_file():
+                skipped.append(f"{run.name} (no {'embeddings_testing.npz' if run.folder else 'run folder'})")
+                continue
+            try:
+                data = statistics.load_split(path)
+            except ValueError as err:
+                skipped.append(f"{run.name} ({err})")
+                continue
+            epoch = int(data["epoch"]) if "epoch" in data else None
+            if epoch is None or epoch != run.selected_epoch:
+                skipped.append(
+                    f"{run.name} (embeddings of epoch {epoch}, selected epoch {run.selected_epoch})"
+                )
+                continue
+            for name, q in statistics.query_intervals(data, names, n_resamples=n_resamples, alpha=alpha,
+                                                      seed=seed).items():  # fmt: skip
+                found[name].append(q)
+        for name, intervals in found.items():
+            row[f"testing/{name}|qci_low"] = float(np.mean([q.low for q in intervals]))
+            row[f"testing/{name}|qci_high"] = float(np.mean([q.high for q in intervals]))
+            row[f"testing/{name}|qci_n"] = len(intervals)
+        if skipped:
+            print(f"warning: {row['dataset']}/{row['group']}: --query_bootstrap left out {len(skipped)} of "
+                  f"{len(row['_runs'])} runs: {_names(skipped)}", file=sys.stderr)  # fmt: skip
+
+
+def _half_width(row: dict[str, Any], key: str) -> float | None:
+    """What a cell shows after ±: half the confidence interval's width, else the sample std."""
+    low, high = row.get(f"{key}|ci_low"), row.get(f"{key}|ci_high")
+    if _is_number(low) and _is_number(high):
+        return (high - low) / 2
+    std = row.get(f"{key}|std")
+    return std if _is_number(std) else None
+
+
+def _not_worse(row: dict[str, Any], key: str) -> bool:
+    """Whether the test against the column's best did not reject at the row's alpha."""
+    p = row.get(f"{key}|p")
+    return _is_number(p) and p >= row.get("alpha", 0.05)
+
+
+def _p_text(row: dict[str, Any] | None, key: str) -> str:
+    p = row.get(f"{key}|p") if row else None
+    if not _is_number(p):
+        return ""
+    return " (p<0.001)" if p < 0.001 else f" (p={p:.3f})"
+
+
+_TEST_WORDS = {"paired_t": "paired t-test over the common seeds",
+               "wilcoxon": "Wilcoxon signed-rank test over the common seeds", "welch": "Welch's t-test"}  # fmt: skip
+
+
+def _spread_words(rows: list[dict[str, Any]], latex: bool = True) -> str:
+    """What follows the ± of a cell, in words: the sample std or the confidence interval."""
+    pm, ddof, pct = ("$\\pm$", "ddof${}=1$", "\\%") if latex else ("±", "ddof=1", "%")
+    ci = rows[0].get("ci", "none") if rows else "none"
+    if ci == "none":
+        return f"mean {pm} sample standard deviation ({ddof})"
+    level = f"{100 * (1 - rows[0]['alpha']):g}{pct}"
+    if ci == "t":
+        return f"mean {pm} half-width of the {level} Student-t interval of the mean (sample std, {ddof})"
+    return (f"mean {pm} half the width of the {level} percentile-bootstrap interval of the mean "
+            f"({rows[0]['ci_resamples']} resamples of the seeds; its bounds are in results.csv)")  # fmt: skip
+
+
+def _bold_words(rows: list[dict[str, Any]], columns: list[Column] | None, latex: bool = True) -> str:
+    """The rule of the bold cells: the best mean, and what the tests against it did not reject."""
+    keys = [c.key for c in columns or [] if not c.cost]
+    used = {r.get(f"{k}|test") for r in rows for k in keys} - {None, "best"}
+    named = [t for t in ("paired_t", "wilcoxon", "welch") if t in used]
+    if not named:
+        return "Best mean per column in bold" + (
+            " (no significance test: one seed)." if statistics.UNTESTED in used else "."
+        )
+    words = [_TEST_WORDS[t] for t in named]
+    if "welch" in named and rows[0].get("test") != "welch":
+        words[-1] += " where the seeds differ"
+    alpha = f"$\\alpha = {rows[0]['alpha']:g}$" if latex else f"α = {rows[0]['alpha']:g}"
+    text = (f"In bold: the best mean per column and every method not significantly worse than it ({_and(words)}, "
+            f"each method against the best, two-sided, {alpha}; no correction for multiple comparisons")  # fmt: skip
+    if statistics.UNTESTED in used:
+        text += "; a method with one seed, or compared with a best of one seed, is not tested"
+    return text + ")."
 
 
 # ---- tables ------------------------------------------------------------------------------------
@@ -566,7 +925,7 @@ def parse_column(name: str) -> Column:
         )
     label = metric_label(metric)
     return Column(label if split == "testing" else f"{label} ({split})", f"{split}/{metric}",
-                  100 if higher_is_better(metric) else 1)  # fmt: skip
+                  100 if direction(metric) else 1)  # fmt: skip
 
 
 def cost_columns() -> list[Column]:
@@ -590,24 +949,35 @@ def table_columns(
     return columns + (cost_columns() if cost else [])
 
 
+def direction(metric: str) -> int:
+    """+1 where a larger ``metric`` (a name of ``metrics/``, e.g. ``e_recall@1``) is better, −1
+    where a smaller one is (``erc_*``, ``eer``, ``fnmr@*``), 0 for the statistics without a
+    "better" direction (``dists@*``, ``rho_spectrum@*``) and anything unknown, which are then
+    never bolded."""
+    for table, sign in ((HIGHER_IS_BETTER, 1), (LOWER_IS_BETTER, -1)):
+        if metric in table or metric.partition("@")[0] in table:
+            return sign
+    return 0
+
+
 def higher_is_better(metric: str) -> bool:
-    """Whether a larger ``metric`` (a name of ``metrics/``, e.g. ``e_recall@1``) is better; False
-    for the statistics without a "better" direction (``dists@*``, ``rho_spectrum@*``) and anything
-    unknown, which are then never bolded."""
-    return metric in HIGHER_IS_BETTER or metric.partition("@")[0] in HIGHER_IS_BETTER
+    """Whether a larger ``metric`` is better (:func:`direction` +1)."""
+    return direction(metric) > 0
 
 
 def best_values(rows: list[dict[str, Any]], columns: list[tuple[str, float]]) -> dict[str, float]:
-    """``{key: best displayed mean}`` over ``rows`` for each higher-is-better ``(key, scale)`` that
-    at least two rows have (a lone value is not "best" of anything)."""
+    """``{key: best displayed mean}`` over ``rows`` for each ``(key, scale)`` with a better
+    direction (the largest, or the smallest for a lower-is-better metric) that at least two rows
+    have (a lone value is not "best" of anything)."""
     best = {}
     for key, scale in columns:
-        if not higher_is_better(key.split("/", 1)[-1]):
+        sign = direction(key.split("/", 1)[-1])
+        if not sign:
             continue
         shown = [_shown(r, key, scale) for r in rows]
         shown = [v for v in shown if v is not None]
         if len(shown) >= 2:
-            best[key] = max(shown)
+            best[key] = max(shown) if sign > 0 else min(shown)
     return best
 
 
@@ -625,15 +995,17 @@ def cell(
     best: dict[str, float] | None = None,
     mark: str = "",
 ) -> str:
-    """``$mean\\pm std$`` (× ``scale``); ``$mean$ (n=1)`` for a single value; ``-`` for none. Bold
-    where the shown mean equals ``best[key]``; ``mark`` (LaTeX math, e.g. ``\\dagger``) as a
+    """``$mean\\pm std$`` (× ``scale``), or ``$mean\\pm h$`` with h half the width of the row's
+    confidence interval (:func:`add_statistics`); ``$mean$ (n=1)`` for a single value; ``-`` for
+    none. Bold where the shown mean equals ``best[key]`` or, where the row was tested against the
+    column's best, where the test did not reject; ``mark`` (LaTeX math, e.g. ``\\dagger``) as a
     superscript."""
     mean = row.get(f"{key}|mean") if row else None
     if mean is None:
         return "-"
-    std = row.get(f"{key}|std") if row else None
-    bold = best is not None and key in best and _shown(row, key, scale) == best[key]
-    single = std is None or math.isnan(std)
+    std = _half_width(row, key)
+    bold = best is not None and key in best and (_shown(row, key, scale) == best[key] or _not_worse(row, key))
+    single = std is None
     if not latex:
         if single:
             return f"**{mean * scale:.2f}** (n=1)" if bold else f"{mean * scale:.2f} (n=1)"
@@ -756,6 +1128,39 @@ def latex_cost_table(rows: list[dict[str, Any]], dataset: str) -> str:
     return _latex_table(caption, f"tab:{dataset}-cost", 3 + len(costs), [header, "\\midrule"], body)
 
 
+def uncertainty_columns(rows: list[dict[str, Any]], dataset: str) -> list[Column]:
+    """R@1, MAP@R and the :data:`UNCERTAINTY_COLUMNS` that some ``selected`` row of ``dataset``
+    recorded on the test split; [] when none did (no uncertainty table)."""
+    mine = [r for r in rows if r["dataset"] == dataset and r["protocol"] == SELECTED]
+    have = [m for m in UNCERTAINTY_COLUMNS if any(f"testing/{m}|mean" in r for r in mine)]
+    return [parse_column(m) for m in ("e_recall@1", "mAP@R", *have)] if have else []
+
+
+def latex_uncertainty_table(rows: list[dict[str, Any]], dataset: str) -> str:
+    """Method & R@1 & MAP@R & the uncertainty (error-versus-reject areas, confidence accuracy) and
+    verification (ROC AUC, EER, TPR@FPR) metrics of ``dataset``'s ``selected`` rows, each bolded
+    in its own better direction (lower for ERC and EER); "" when no run recorded them."""
+    columns = uncertainty_columns(rows, dataset)
+    rows = [r for r in rows if r["dataset"] == dataset and r["protocol"] == SELECTED]
+    if not columns or not rows:
+        return ""
+    best = best_values(rows, [(c.key, c.scale) for c in columns])
+    body = _grouped_body(rows, lambda row: [
+        latex_escape(row["method"]) + _sup(_marks(row)), *[column_cell(row, c, best=best) for c in columns],
+        str(row["n_seeds"]),
+    ])  # fmt: skip
+    name = DATASET_NAMES.get(dataset, dataset)
+    what = f"{latex_escape(name)}: retrieval, uncertainty and verification on the test split"
+    extra = (
+        "ERC: area under the error-versus-reject curve of the metric, rejecting the least confident "
+        "queries first (lower is better); confidence: the predicted concentration or variance, the "
+        "embedding norm for deterministic methods. EER: equal error rate (lower is better)."
+    )
+    caption = _caption(rows, what, SELECTED, bold=bool(best), extra=extra, columns=columns)
+    header = "Method & " + " & ".join(latex_escape(c.header) for c in columns) + " & Seeds \\\\"
+    return _latex_table(caption, f"tab:{dataset}-uncertainty", 2 + len(columns), [header, "\\midrule"], body)
+
+
 def latex_shared_table(
     rows: list[dict[str, Any]], datasets: list[str] | None = None, columns: list[str] | None = None
 ) -> str:
@@ -763,9 +1168,7 @@ def latex_shared_table(
     study: R@1 is the rank every dataset reports; a dataset without a column shows "-"), for
     CUB200, CARS196 and SOP (those with runs), one row per method: baselines first, then the R-
     variants; "" when none of the datasets has runs."""
-    datasets = datasets or [
-        d for d in ("cub200", "cars196", "online_products") if any(r["dataset"] == d for r in rows)
-    ]
+    datasets = datasets or [d for d in SHARED_DATASETS if any(r["dataset"] == d for r in rows)]
     rows = [r for r in rows if r["dataset"] in datasets]
     if not datasets or not rows:
         return ""
@@ -811,7 +1214,8 @@ def _caption(
     rows: list[dict[str, Any]], what: str, protocol: str, bold: bool, extra: str = "",
     columns: list[Column] | None = None,
 ) -> str:  # fmt: skip
-    """The protocol in words: selection split (the test split flagged), seeds, mean ± std, × 100."""
+    """The protocol in words: selection split (the test split flagged), seeds, mean ± std or the
+    confidence interval, × 100, the rule of the bold cells (the test and its α)."""
     unscaled = [latex_escape(c.header) for c in columns or [] if c.scale != 100]
     text = f"{what} ($\\times 100$" + (f"; {_and(unscaled)} as computed" if unscaled else "") + "), "
     test = [r for r in rows if protocol == SELECTED and "testing" in r["selection_split"]]
@@ -827,20 +1231,25 @@ def _caption(
         text += ("at each run's selected epoch, selected on the validation split or, where marked "
                  "$^\\dagger$, on the \\textbf{TEST} split (optimistic).")  # fmt: skip
     seeds = sorted({int(r["n_seeds"]) for r in rows})
-    std = "mean $\\pm$ sample standard deviation (ddof${}=1$)"
+    std = _spread_words(rows)
+    spread = "standard deviation" if std.endswith("(ddof${}=1$)") else "interval"
     if seeds == [1]:
-        text += " One seed per method: no standard deviation."
+        text += f" One seed per method: no {spread}."
     else:
         count = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}--{seeds[-1]}"
         text += f" {std[0].upper() + std[1:]} over {count} seeds per method"
-        text += "; (n=1): a single seed, no standard deviation." if seeds[0] == 1 else "."
+        text += f"; (n=1): a single seed, no {spread}." if seeds[0] == 1 else "."
     if bold:
-        text += " Best mean per column in bold."
+        text += " " + _bold_words(rows, columns)
     if extra:
         text += f" {extra}"
     if any(r.get("dropped_duplicates") for r in rows):
         text += (" $^\\ddagger$: a seed had several finished runs; only the most recent was kept (the "
                  "dropped runs: column dropped\\_duplicates of results.csv).")  # fmt: skip
+    mixed = list(dict.fromkeys(f for r in rows for f in (r.get("mixed_cards") or "").split(", ") if f))
+    if mixed:  # --allow_mixed wrote a table whose runs are not like for like
+        text += (f" \\textbf{{Mixed run cards}}: the runs differ in {latex_escape(_and(mixed))}, not only in the "
+                 "method (written with allow\\_mixed; column mixed\\_cards of results.csv).")  # fmt: skip
     return text
 
 
@@ -899,14 +1308,16 @@ def markdown_tables(rows: list[dict[str, Any]], columns: list[str] | None = None
             costs = [c for c in shown[dataset] if c.cost]
             best = best_values(drows, [(c.key, c.scale) for c in metric_columns])
             out.append(f"### {DATASET_NAMES.get(dataset, dataset)} — {protocol}\n")
-            out.append(_protocol_note(drows) + "\n")
+            out.append(_protocol_note(drows, metric_columns) + "\n")
             if costs:
                 out.append(_cost_note(costs).replace("--", MISSING_COST) + "\n")
             headers = [c.header for c in metric_columns] + ["Epoch", "Seeds"] + [c.header for c in costs]
             out.append("| Method | " + " | ".join(headers) + " | Selected on |")
             out.append("|---" * (len(headers) + 2) + "|")
             for row in drows:
-                cells = [column_cell(row, c, latex=False, best=best) for c in metric_columns]
+                cells = [
+                    column_cell(row, c, latex=False, best=best) + _p_text(row, c.key) for c in metric_columns
+                ]
                 cells += [cell(row, "epoch", 1, latex=False), str(row["n_seeds"])]
                 cells += [column_cell(row, c, latex=False) for c in costs]
                 marks = "".join({DAGGER: "†", DDAGGER: "‡"}[m] for m in _marks(row))
@@ -921,12 +1332,15 @@ def markdown_tables(rows: list[dict[str, Any]], columns: list[str] | None = None
     return "\n".join(out) + "\n"
 
 
-def _protocol_note(rows: list[dict[str, Any]]) -> str:
+def _protocol_note(rows: list[dict[str, Any]], columns: list[Column] | None = None) -> str:
+    """The line above a Markdown table: the protocol, the interval, the bold rule, the p-values."""
+    stats = f"{_spread_words(rows, latex=False)} over seeds; ×100. {_bold_words(rows, columns, latex=False)}"
+    if any(_is_number(r.get(f"{c.key}|p")) for r in rows for c in columns or []):
+        stats += " (p=…): the p-value against the column's best."
     if rows and rows[0]["protocol"] == MAX_OVER_EPOCHS:
         return ("per seed: maximum over epochs of each test metric separately (the study's protocol, "
-                "optimistic); mean ± std over seeds, std with ddof=1; ×100; best in bold")  # fmt: skip
-    return ("metrics at each run's selected epoch; † = epoch selected on the test split; "
-            "mean ± std over seeds, std with ddof=1; ×100; best in bold")  # fmt: skip
+                f"optimistic); {stats}")  # fmt: skip
+    return f"metrics at each run's selected epoch; † = epoch selected on the test split; {stats}"
 
 
 _LATEX_SPECIAL = {
@@ -962,11 +1376,13 @@ _latex_escape = latex_escape  # the former private name
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path, cost: bool = False) -> None:
-    """``results.csv``: every field of every row; the run cost (``compute/*``) only with ``cost``,
-    then every :data:`COST_COLUMNS` quantity, "–" where a group's runs did not record it."""
+    """``results.csv``: every field of every row (the per-seed values and runs of the ``_`` fields
+    aside); the run cost (``compute/*``) only with ``cost``, then every :data:`COST_COLUMNS`
+    quantity, "–" where a group's runs did not record it."""
     columns: list[str] = []
     for row in rows:
-        columns += [c for c in row if c not in columns and (cost or not c.startswith("compute/"))]
+        columns += [c for c in row if c not in columns and not c.startswith("_")
+                    and (cost or not c.startswith("compute/"))]  # fmt: skip
     if cost:
         columns += [f"compute/{k}|{s}" for _, k, *_ in COST_COLUMNS for s in ("mean", "std", "n")
                     if f"compute/{k}|{s}" not in columns]  # fmt: skip
@@ -1341,9 +1757,9 @@ def bar_figure(rows: list[dict[str, Any]], dataset: str, styles: dict[str, Metho
 
 
 def _mean_std(row: dict[str, Any], key: str, scale: float = 100) -> str:
-    std = row.get(f"{key}|std")
+    spread = _half_width(row, key)  # what the tables show after the ±
     mean = row[f"{key}|mean"] * scale
-    return f"{mean:.1f} ± {std * scale:.1f}" if _is_number(std) else f"{mean:.1f} (n=1)"
+    return f"{mean:.1f} ± {spread * scale:.1f}" if spread is not None else f"{mean:.1f} (n=1)"
 
 
 def build_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -1393,14 +1809,35 @@ def run(
     allow_mixed: bool = False,
     columns: list[str] | None = None,
     cost: bool = False,
+    ci: str = "t",
+    alpha: float = 0.05,
+    bootstrap: int = 10000,
+    test: str = "auto",
+    query_bootstrap: int = 0,
+    bootstrap_seed: int = 0,
 ) -> list[dict[str, Any]]:
     """Aggregate ``runs`` under both protocols and write every table (and figure) to ``out``.
+
+    ``ci``, ``alpha``, ``bootstrap``, ``test``, ``bootstrap_seed``: the intervals and tests of
+    :func:`add_statistics`; ``query_bootstrap``: resamples of :func:`add_query_intervals` (0: none).
 
     ``columns`` (``--columns``): the metric columns of every table instead of each dataset's
     Recall@k, F1, MAP@R, NMI (and the blocks of the shared table instead of R@1, NMI); ``cost``
     (``--cost``): the run cost columns. Raises :class:`MixedRunsError` (before writing anything)
-    for a group of differing setups unless ``allow_mixed``."""
+    for a group of differing setups, or a dataset whose runs' cards differ (:func:`check_cards`),
+    unless ``allow_mixed`` (then such tables are marked: caption, column ``mixed_cards``)."""
     rows = aggregate(runs, SELECTED, allow_mixed) + aggregate(runs, MAX_OVER_EPOCHS, allow_mixed, warn=False)
+    mixed = check_cards(runs, allow_mixed)
+    for row in rows:
+        row["mixed_cards"] = ", ".join(mixed.get(row["dataset"], []))
+    uncarded = sorted({r.group for r in runs if r.card is None}, key=_natural)
+    if uncarded:
+        print(f"note: {sum(r.card is None for r in runs)} runs have no run card (older runs; not checked for "
+              f"comparability; 'no run card' in results.csv and the .tex comments): groups {_names(uncarded)}",
+              file=sys.stderr)  # fmt: skip
+    add_statistics(rows, ci, alpha, bootstrap, test, seed=bootstrap_seed)
+    if query_bootstrap:
+        add_query_intervals(rows, query_bootstrap, alpha, seed=bootstrap_seed)
     for column in [parse_column(c) for c in columns or []]:
         if not any(f"{column.key}|mean" in r for r in rows):
             print(f"warning: --columns {column.header}: no run recorded {column.key}; the column shows -",
@@ -1418,12 +1855,21 @@ def run(
         ):
             text = latex_single_table(protocol_rows, dataset, shown)
             if text:
-                (out / f"{name}.tex").write_text(text)
+                mine = [r for r in protocol_rows if r["dataset"] == dataset]
+                (out / f"{name}.tex").write_text(_with_card_comments(text, mine))
         if cost:
-            (out / f"table_{dataset}_cost.tex").write_text(latex_cost_table(selected, dataset))
+            mine = [r for r in selected if r["dataset"] == dataset]
+            (out / f"table_{dataset}_cost.tex").write_text(
+                _with_card_comments(latex_cost_table(selected, dataset), mine)
+            )
+        uncertainty = latex_uncertainty_table(selected, dataset)
+        if uncertainty:
+            mine = [r for r in selected if r["dataset"] == dataset]
+            (out / f"table_{dataset}_uncertainty.tex").write_text(_with_card_comments(uncertainty, mine))
     shared = latex_shared_table(selected, columns=columns)
     if shared:
-        (out / "table_shared.tex").write_text(shared)
+        mine = [r for r in selected if r["dataset"] in SHARED_DATASETS]
+        (out / "table_shared.tex").write_text(_with_card_comments(shared, mine))
     else:  # an older one would pass for this invocation's
         stale = out / "table_shared.tex"
         note = " (the older one in the output folder was removed)" if stale.exists() else ""
@@ -1450,8 +1896,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument(
         "--allow_mixed",
         action="store_true",
-        help="a group whose runs differ in a protocol flag (n_epochs, bs, arch, ...) is reported as one row "
-        "per setting instead of refused",
+        help="a group whose runs differ in a protocol flag (n_epochs, bs, arch, ...) or run card field is "
+        "reported as one row per setting, and a table whose groups' run cards differ (bs, weights, class "
+        "split, ...) is written marked as mixed (caption, results.csv column mixed_cards), instead of refused",
     )
     parser.add_argument(
         "--columns",
@@ -1467,12 +1914,35 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         help="add the run cost (summary.json 'compute': train/eval images/s, wall time, peak GPU and host "
         "memory; mean over seeds, '–' where not recorded) to results.csv/.md and the per-dataset .tex",
     )
+    stats = parser.add_argument_group("statistics (see evaluation/statistics.py)")
+    stats.add_argument("--ci", default="t", choices=statistics.CI_METHODS,
+                       help="interval over seeds shown after ± and in results.csv (|ci_low, |ci_high): Student-t, "
+                       "percentile bootstrap of the seeds, or none (± sample std)")  # fmt: skip
+    stats.add_argument("--alpha", type=float, default=0.05,
+                       help="1 - confidence level of the intervals, and significance level of the tests")  # fmt: skip
+    stats.add_argument(
+        "--bootstrap", type=int, default=10000, metavar="B", help="resamples of --ci bootstrap"
+    )
+    stats.add_argument("--bootstrap_seed", type=int, default=0, help="seed of the bootstrap resamples")
+    stats.add_argument("--test", default="auto", choices=statistics.TESTS,
+                       help="test of each method against the column's best (results.csv/.md: p-value; bold: the "
+                       "best and those not significantly worse); auto: paired t where the seeds match, else "
+                       "Welch")  # fmt: skip
+    stats.add_argument("--query_bootstrap", type=int, default=0, metavar="B",
+                       help="resample each run's test queries B times (from its embeddings_testing.npz of "
+                       "main.py --save_embeddings) for a per-run interval of R@k and MAP@R (results.csv: "
+                       "|qci_low, |qci_high; mean over the group's runs); 0: off")  # fmt: skip
     opt = parser.parse_args(argv)
     for name in opt.columns or []:
         try:
             parse_column(name)
         except ValueError as err:
             parser.error(f"--columns: {err}")
+    try:
+        statistics.check_options(ci=opt.ci, alpha=opt.alpha, n_resamples=opt.bootstrap, test=opt.test,
+                                 query_resamples=opt.query_bootstrap)  # fmt: skip
+    except ConfigError as err:
+        parser.error(str(err))
     source = opt.wandb_project or opt.runs
     filters = {"groups": opt.groups, "exclude": opt.exclude, "datasets": opt.datasets}
     if opt.wandb_project:
@@ -1496,7 +1966,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         )
     try:
         rows = run(runs, Path(opt.out), figures=not opt.no_figures, allow_mixed=opt.allow_mixed,
-                   columns=opt.columns, cost=opt.cost)  # fmt: skip
+                   columns=opt.columns, cost=opt.cost, ci=opt.ci, alpha=opt.alpha, bootstrap=opt.bootstrap,
+                   test=opt.test, query_bootstrap=opt.query_bootstrap, bootstrap_seed=opt.bootstrap_seed)  # fmt: skip
     except MixedRunsError as err:
         parser.exit(2, f"Result_Evaluations.py: error: {err}\n")
     print(markdown_tables(rows, opt.columns, opt.cost))

@@ -13,7 +13,7 @@ import argparse
 from typing import Protocol
 
 from datasets import cars196, csv_dataset, cub200, digits, folder, inaturalist, inshop, online_products
-from datasets.base import ImageOptions, SplitDataset, SplitOptions, split_summary
+from datasets.base import ImageOptions, SplitDataset, SplitOptions, class_split_hash, split_summary
 from utilities.registry import Registry
 
 REGISTRY = Registry("dataset", flag_prefix="data")

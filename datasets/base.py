@@ -45,6 +45,7 @@ from datasets.images import (
     check_images_readable,
 )
 from datasets.transforms import build_transforms
+from utilities import run_card
 from utilities.errors import ConfigError
 
 
@@ -199,6 +200,27 @@ class SplitDataset(torch.utils.data.Dataset):
         )
 
 
+def sample_keys(split: SplitDataset) -> list[str]:
+    """A machine-independent name of each sample: the last two components of its path (or its
+    index, for an in-memory dataset)."""
+    return ["/".join(Path(str(sample)).parts[-2:]) for sample in split.samples]
+
+
+def class_split_hash(splits: dict[str, SplitDataset]) -> str:
+    """The run card's ``class_split_hash`` of ``splits`` (:func:`utilities.run_card.class_split_hash`).
+    A class is named by the SHA-256 of its sorted :func:`sample_keys`, so neither the re-indexed
+    labels nor the order in which classes or images were found changes the hash; moving a class to
+    another split, or an image to another class, does."""
+    classes: dict[str, list[str]] = {}
+    for name, split in splits.items():
+        keys, labels = np.asarray(sample_keys(split), dtype=str), split.labels.numpy()
+        order = np.lexsort((keys, labels))  # by label, then by key
+        bounds = np.flatnonzero(np.diff(labels[order])) + 1
+        members = np.split(keys[order], bounds) if len(order) else []
+        classes[name] = [run_card.sha256_text("\n".join(m.tolist())) for m in members]
+    return run_card.class_split_hash(classes)
+
+
 def split_summary(splits: dict[str, SplitDataset]) -> dict[str, dict[str, Any]]:
     """Images and classes of every split (query / gallery counts where the split has them) and a
     hash of its membership: 16 hex digits of the SHA-256 of the sorted (last two path components
@@ -208,8 +230,8 @@ def split_summary(splits: dict[str, SplitDataset]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for name, split in splits.items():
         entries = sorted(
-            f"{'/'.join(Path(str(sample)).parts[-2:])}\t{int(label)}"
-            for sample, label in zip(split.samples, split.labels.tolist(), strict=True)
+            f"{key}\t{int(label)}"
+            for key, label in zip(sample_keys(split), split.labels.tolist(), strict=True)
         )
         info: dict[str, Any] = {"images": len(split), "classes": split.n_classes}
         if split.is_query is not None:

@@ -2,16 +2,17 @@
 
 ``<save_path>/<dataset>/<run name>/`` gets
 
-* ``args.json``: the resolved namespace, git commit and package versions, written at start;
+* ``args.json``: the resolved namespace, git commit, package versions and the run card
+  (``run_card``, utilities/run_card.py), written at start;
 * ``metrics.csv``: one row per evaluation (epoch, split, every metric, eval time) plus one
   ``split = training`` row per epoch with the mean loss, training time and miner statistics;
 * ``summary.json``: written at the end (selected epoch, selection split, every split's metrics at
-  that epoch, wall time).
+  that epoch, wall time, and the run card again: a resumed run records the resuming process's).
 
-With ``--log_online`` the same numbers go to W&B (``WANDB_MODE=offline`` works without network).
-The API key is read by wandb itself from ``WANDB_API_KEY`` or ``wandb login``; it is never a flag
-and never written here. If W&B cannot start (within ``--wandb_timeout`` seconds), the run continues
-with local logging only.
+With ``--log_online`` the same numbers go to W&B, the run card in the run's config
+(``WANDB_MODE=offline`` works without network). The API key is read by wandb itself from
+``WANDB_API_KEY`` or ``wandb login``; it is never a flag and never written here. If W&B cannot
+start (within ``--wandb_timeout`` seconds), the run continues with local logging only.
 
 The folder is locked (``flock`` on ``.run.lock``) while a process writes it, so two processes never
 train into (or resume) the same run; temporary files a killed process left behind are removed when
@@ -34,7 +35,6 @@ import logging
 import math
 import os
 import shutil
-import subprocess
 import tempfile
 import weakref
 from collections.abc import Iterator
@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from utilities.errors import ConfigError
+from utilities.run_card import git_commit
 
 log = logging.getLogger(__name__)
 
@@ -62,20 +63,6 @@ TEMPORARY_PATTERNS = (
 _LOCKS: dict[str, list[int]] = {}  # resolved run folder -> [fd, holders] of this process
 
 SECRET_MARKERS = ("key", "token", "secret", "password")
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def _versions() -> dict[str, str]:
@@ -140,8 +127,18 @@ def _make_run_folder(opt: argparse.Namespace) -> tuple[Path, list[Path]]:
 class RunLogger:
     """Writes the run folder; mirrors everything to W&B when ``--log_online`` is set."""
 
-    def __init__(self, opt: argparse.Namespace, folder: Path | None = None, *, resume: bool = False) -> None:
+    def __init__(
+        self,
+        opt: argparse.Namespace,
+        folder: Path | None = None,
+        *,
+        resume: bool = False,
+        card: dict[str, Any] | None = None,
+    ) -> None:
+        """``card``: the run card (utilities/run_card.py), written to args.json (not on resume),
+        summary.json and the W&B config; None writes none."""
         self._created: list[Path] = []
+        self.card = card
         if folder is None:
             self.folder, parents = _make_run_folder(opt)
             self._created = [self.folder, *parents]
@@ -155,10 +152,12 @@ class RunLogger:
         # a resumed run drops array lines of epochs it redoes (at restore(), or at the first log())
         self._arrays_pruned = not resume
         if not resume:  # a resumed run keeps the args.json (and git commit) it started with
-            info = {"args": public_args(opt), "git_commit": _git_commit(), "versions": _versions()}
+            info = {"args": public_args(opt), "git_commit": git_commit(), "versions": _versions()}
+            if card is not None:
+                info["run_card"] = card
             _write_atomic(self.folder / "args.json", json.dumps(info, indent=2))
         if opt.log_online:
-            self.wandb = _start_wandb(opt, self.folder)
+            self.wandb = _start_wandb(opt, self.folder, card)
 
     def close(self) -> None:
         """Release the run folder's lock (also done when the logger is garbage collected)."""
@@ -249,6 +248,8 @@ class RunLogger:
             os.replace(tmp, self.folder / "metrics.csv")
 
     def summary(self, summary: dict[str, Any]) -> None:
+        if self.card is not None:
+            summary = {**summary, "run_card": self.card}
         # atomic: the sweep script takes an existing summary.json as "this run is finished"
         _write_atomic(self.folder / "summary.json", json.dumps(summary, indent=2, default=_json_default))
 
@@ -323,7 +324,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _start_wandb(opt: argparse.Namespace, folder: Path):
+def _start_wandb(opt: argparse.Namespace, folder: Path, card: dict[str, Any] | None = None):
     try:
         import wandb  # optional and slow to import: only runs with --log_online pay for it
 
@@ -332,7 +333,7 @@ def _start_wandb(opt: argparse.Namespace, folder: Path):
             group=opt.group,
             name=folder.name,
             dir=str(folder),
-            config=public_args(opt),
+            config=public_args(opt) | ({"run_card": card} if card is not None else {}),
             reinit="finish_previous",  # a sweep in one process: close the last run (bool form is deprecated)
             # wandb waits 90 s for an unreachable server by default: 8 h over a 335-run sweep
             settings=wandb.Settings(init_timeout=getattr(opt, "wandb_timeout", 10.0)),

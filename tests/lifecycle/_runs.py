@@ -12,8 +12,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 # Wall-clock columns (and the rates and peaks of summary.json's "compute") differ between any two
-# runs; everything else must be identical.
-WALL_CLOCK = {"train_time", "eval_time", "wall_time", "compute"}
+# runs, and so may the checkout's state in the run card (a commit or an edit in between); everything
+# else must be identical.
+WALL_CLOCK = {"train_time", "eval_time", "wall_time", "compute", "git_commit", "git_dirty"}
 
 
 def _is_wall_clock(key: str) -> bool:

@@ -127,7 +127,7 @@ def test_grouping_and_exclusions(runs_root):
 
 def test_tables_and_figures(runs_root, tmp_path):
     out = tmp_path / "tables"
-    RE.main(["--runs", str(runs_root), "--out", str(out)])
+    RE.main(["--runs", str(runs_root), "--out", str(out), "--ci", "none"])  # mean ± std (ddof=1)
     cub = (out / "table_cub200.tex").read_text()
     # R@1 is the only rank both CUB groups recorded; then F1, MAP@R, NMI
     assert "Method & R@1 & F1 & MAP@R & NMI & Epoch & Seeds \\\\" in cub

@@ -29,19 +29,24 @@ _MTIME = [1_000_000_000]
 def make_run(root: Path, dataset: str, name: str, seed: int, group: str, r1: float, **flags) -> Path:
     """A finished run folder as main.py leaves it: args.json (with the protocol flags), metrics.csv
     over 3 epochs (R@1 peaking at epoch 1 = ``r1``), summary.json at epoch 1; later calls finish later.
-    ``recall_at``: the Recall@k ranks recorded (default 1, 2); ``compute``: summary.json's cost dict."""
+    ``recall_at``: the Recall@k ranks recorded (default 1, 2); ``compute``: summary.json's cost dict;
+    ``card``: the run card of args.json and summary.json (default: none, an older run);
+    ``test_metrics``: more test-split metrics (every epoch)."""
     selection = flags.pop("selection_split", "validation" if flags.get("use_tv_split", True) else "testing")
     recall_at, compute = flags.pop("recall_at", (1, 2)), flags.pop("compute", None)
+    card = flags.pop("card", None)
+    test_metrics = flags.pop("test_metrics", {})  # further test-split metrics, the same every epoch
     args = {"dataset": dataset, "seed": seed, "group": group, "log_online": True, **PROTOCOL, **flags}
     folder = root / dataset / name
     folder.mkdir(parents=True)
-    (folder / "args.json").write_text(json.dumps({"args": args, "git_commit": "x", "versions": {}}))
+    info = {"args": args, "git_commit": "x", "versions": {}} | ({"run_card": card} if card else {})
+    (folder / "args.json").write_text(json.dumps(info))
     curve = [r1 - 0.1, r1, r1 - 0.05]
     rows = []
     for epoch in range(3):
         rows.append({"epoch": epoch, "split": "training", "loss": 1.0 / (epoch + 1)})
         test = {f"e_recall@{k}": min(1.0, curve[epoch] + 0.1 * i) for i, k in enumerate(recall_at)}
-        test |= {"f1": curve[epoch] / 2, "mAP@R": curve[epoch] / 3, "nmi": 0.5 + seed / 100}
+        test |= {"f1": curve[epoch] / 2, "mAP@R": curve[epoch] / 3, "nmi": 0.5 + seed / 100, **test_metrics}
         rows.append({"epoch": epoch, "split": "testing", **test})
         rows.append({"epoch": epoch, "split": "validation", "e_recall@1": curve[epoch]})
         rows.append({"epoch": epoch, "split": "evaluation", "dists@intra": 0.3, "rho_spectrum@2": 0.1 + r1})
@@ -56,6 +61,8 @@ def make_run(root: Path, dataset: str, name: str, seed: int, group: str, r1: flo
     summary = {"selected_epoch": 1, "selection_split": selection, "metrics": metrics}
     if compute is not None:
         summary["compute"] = compute
+    if card:
+        summary["run_card"] = card
     (folder / "summary.json").write_text(json.dumps(summary))
     _MTIME[0] += 60
     os.utime(folder / "summary.json", (_MTIME[0], _MTIME[0]))
@@ -94,7 +101,7 @@ def mixed_runs(root: Path) -> None:
 
 ALLOWED_COMMANDS = {
     "\\begin", "\\end", "\\centering", "\\small", "\\caption", "\\label", "\\toprule", "\\midrule",
-    "\\bottomrule", "\\cmidrule", "\\multicolumn", "\\textbf", "\\mathbf", "\\pm", "\\times", "\\dagger", "\\footnotesize",
+    "\\bottomrule", "\\cmidrule", "\\multicolumn", "\\textbf", "\\mathbf", "\\pm", "\\times", "\\dagger", "\\footnotesize", "\\alpha",
     "\\ddagger", "\\setlength", "\\tabcolsep", "\\beta", "\\rho", "\\pi", "\\Phi", "\\textbackslash", "\\textasciitilde",
     "\\textasciicircum", "\\textless", "\\textgreater", "\\textbar",
 }  # fmt: skip
@@ -281,13 +288,43 @@ def test_best_value_per_column_is_bold(tmp_path):
     RE.main(["--runs", str(root), "--out", str(tmp_path / "t"), "--no_figures", "--datasets", "cub200"])
     cub = (tmp_path / "t" / "table_cub200.tex").read_text()
     row = next(x for x in cub.splitlines() if x.startswith("R-Margin"))  # R@1 0.64 ± 0.01: the best
-    assert row.startswith("R-Margin (D, $\\beta$=1.2) & $\\mathbf{64.00}\\pm1.00$ & ")
+    # ± the 95% t-interval's half-width: 1.00 × t(0.975, 2) / √3 = 2.48
+    assert row.startswith("R-Margin (D, $\\beta$=1.2) & $\\mathbf{64.00}\\pm2.48$ & ")
     # R@1, R@2, F1, mAP@R: one best each; NMI: a three-way tie (51.00), all bold; Epoch never
     assert cub.count("\\mathbf") == 4 + 3 and cub.count("\\mathbf{51.00}") == 3
     assert "\\mathbf{50.00}" not in cub  # Triplet (S)'s lower NMI
     assert RE.higher_is_better("e_recall@1") and RE.higher_is_better("mAP@R") and RE.higher_is_better("nmi")
     assert not RE.higher_is_better("dists@intra") and not RE.higher_is_better("rho_spectrum@2")
     assert not RE.higher_is_better("dists@intra_over_inter") and not RE.higher_is_better("epoch")
+
+
+def test_uncertainty_table_bolds_each_metric_in_its_own_direction(tmp_path):
+    root = tmp_path / "runs"
+    for seed in range(3):  # PFE: better ERC (lower) and EER (lower); HIB: better AUC
+        pfe = {"erc_recall@1": 0.10 + seed / 1000, "roc_auc": 0.80 + seed / 1000, "eer": 0.20 + seed / 1000}
+        hib = {"erc_recall@1": 0.30 + seed / 1000, "roc_auc": 0.90 + seed / 1000, "eer": 0.25 + seed / 1000}
+        make_run(root, "digits", f"PFE_s{seed}", seed, "PFE", 0.8, loss="pfe", test_metrics=pfe)
+        make_run(root, "digits", f"HIB_s{seed}", seed, "HIB", 0.7, loss="hib", test_metrics=hib)
+    make_run(root, "cub200", "Margin_s0", 0, "Margin", 0.6)  # no uncertainty metrics: no table
+    out = tmp_path / "t"
+    RE.main(["--runs", str(root), "--out", str(out), "--no_figures", "--ci", "none"])
+    assert not (out / "table_cub200_uncertainty.tex").exists()
+    table = (out / "table_digits_uncertainty.tex").read_text()
+    assert latex_problems(table) == [] and "\\label{tab:digits-uncertainty}" in table
+    assert "Method & R@1 & MAP@R & ERC-R@1 & AUC & EER & Seeds" in table
+    cells = {
+        line.split(" & ")[0]: line.split(" & ")[1:]
+        for line in table.splitlines()
+        if line.startswith(("PFE", "HIB"))
+    }
+    # columns: R@1, MAP@R, ERC-R@1, AUC, EER, Seeds
+    assert cells["PFE"][2].startswith("$\\mathbf{10.10}") and cells["HIB"][2].startswith("$30.10")
+    assert cells["HIB"][3].startswith("$\\mathbf{90.10}") and cells["PFE"][3].startswith("$80.10")
+    assert cells["PFE"][4].startswith("$\\mathbf{20.10}") and cells["HIB"][4].startswith("$25.10")
+    assert (
+        RE.direction("erc_recall@1") == -1 and RE.direction("eer") == -1 and RE.direction("fnmr@1e-3") == -1
+    )
+    assert RE.direction("roc_auc") == 1 and RE.direction("tpr@1e-3") == 1 and RE.direction("dists@intra") == 0
 
 
 def test_a_seed_that_finished_twice_counts_once_and_is_flagged(tmp_path, capsys):
@@ -472,7 +509,7 @@ def test_tables_follow_the_recall_ranks_each_dataset_recorded(tmp_path):
     assert "\\small\n\\setlength{\\tabcolsep}{4pt}" in (out / "table_shared.tex").read_text()
     # Multisimilarity has the best mean of every R@k
     assert (
-        "Multisimilarity & $\\mathbf{62.50}\\pm0.71$ & $\\mathbf{72.50}\\pm0.71$ & $\\mathbf{82.50}\\pm0.71$ & $\\mathbf{92.50}\\pm0.71$"
+        "Multisimilarity & $\\mathbf{62.50}\\pm6.35$ & $\\mathbf{72.50}\\pm6.35$ & $\\mathbf{82.50}\\pm6.35$ & $\\mathbf{92.50}\\pm6.35$"
         in sop
     )
     md = (out / "results.md").read_text()
@@ -495,7 +532,8 @@ def test_columns_option_sets_every_tables_columns(tmp_path, capsys):
     assert "Method & R@1 & R@10 & MAP@R & Epoch & Seeds \\\\" in sop and latex_problems(sop) == []
     cub = (out / "table_cub200.tex").read_text()
     assert "Method & R@1 & R@10 & MAP@R & Epoch & Seeds \\\\" in cub  # CUB has no R@10: "-"
-    assert "Multisimilarity & $\\mathbf{62.50}\\pm0.71$ & - & $\\mathbf{20.83}\\pm0.24$ &" in cub
+    # mean ± the t-intervals' half-widths (2 seeds: the std × 12.706 / √2)
+    assert "Multisimilarity & $\\mathbf{62.50}\\pm6.35$ & - & $\\mathbf{20.83}\\pm2.12$ &" in cub
     shared = (out / "table_shared.tex").read_text()
     assert " & \\multicolumn{3}{c}{CUB200-2011} & \\multicolumn{3}{c}{SOP} \\\\" in shared
     assert "\\cmidrule(lr){2-4}\\cmidrule(lr){5-7}" in shared and latex_problems(shared) == []
