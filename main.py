@@ -1,14 +1,20 @@
 """Train and evaluate one deep-metric-learning run (flags: ``python main.py --help``).
 
-parse -> processes -> seed -> data -> sampler -> miner -> criterion -> model -> optimiser ->
-logger -> for each epoch: train, evaluate (test; validation; train unless --no_train_metrics), log,
-checkpoint -> summary.json. Configuration errors end with one line on stderr and exit code 2.
+parse -> processes -> seed -> data -> sampler -> miner -> criterion -> model -> run card (what the
+run is comparable on, utilities/run_card.py) -> optimiser -> logger -> for each epoch: train,
+evaluate (test; validation; train unless --no_train_metrics), log, checkpoint -> summary.json.
+Configuration errors end with one line on stderr and exit code 2.
 The console gets one short line per epoch (evaluation/console.py; every metric goes to the run
 folder) and, on a terminal, one progress bar with the run's ETA (utilities/progress.py).
 
 ``torchrun --nproc_per_node N main.py ...`` runs the same experiment on N processes (see
 utilities/distributed.py): the same global ``--bs`` batches, losses on the gathered batch, summed
 gradients, sharded evaluation; rank 0 is the one writer of the run folder.
+
+``main(argv, on_epoch=hook)`` (tune.py) calls ``hook(epoch, results, run_folder)`` after each
+epoch's checkpoint is written (``results``: split -> metrics, None for a split not evaluated that
+epoch); a hook that raises :class:`RunStopped` ends the run there as if it had finished (a pruned
+trial): summary.json covers the epochs run and records ``stopped``. Single-process runs only.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -40,11 +47,12 @@ from evaluation import (
     embed,
     evaluate_checkpoint,
     evaluate_splits,
+    keep_selected_embeddings,
     should_evaluate,
 )
 from evaluation.console import epoch_line, selected_line, shown_metrics
 from evaluation.selection import improved, selection_key, selection_split, summary
-from utilities import checkpoint, distributed, resources
+from utilities import checkpoint, distributed, resources, run_card
 from utilities.cli import announce_run, run_entry_point, setup_logging
 from utilities.faults import kill_point, train_iterable
 from utilities.logger import RunLogger, SilentLogger, public_args
@@ -54,8 +62,15 @@ from utilities.training import build_optimizer, build_scheduler, make_loader, tr
 
 log = logging.getLogger("main")
 
+EpochHook = Callable[[int, dict[str, dict | None], Path], None]
 
-def main(argv: list[str] | None = None) -> dict:
+
+class RunStopped(Exception):
+    """Raised by an ``on_epoch`` hook to end the run after the current epoch; its message becomes
+    summary.json's ``stopped.reason``."""
+
+
+def main(argv: list[str] | None = None, *, on_epoch: EpochHook | None = None) -> dict:
     setup_logging()
     opt, state = parameters.parse_run(argv)  # --resume / --evaluate_only: stored flags + checkpoint
     wall_start = time.time()
@@ -93,9 +108,15 @@ def main(argv: list[str] | None = None) -> dict:
     distributed.broadcast_module(criterion, dist)  # e.g. randomly initialised proxies
 
     # ---- model, optimiser, state ----------------------------------------------------------------
-    model = architectures.select(opt.arch, opt)
+    model = architectures.select(opt.arch, opt, freeze_mean=criteria.frozen_mean(opt.loss))  # PFE: σ only
     model = (distributed.convert_sync_bn(model, dist) if opt.sync_bn else model).to(device)
-    new_logger = (lambda: RunLogger(opt)) if dist.is_main else SilentLogger
+    card = run_card.build(  # what a table may compare this run on: args.json and summary.json record it
+        public_args(opt),
+        architecture=architectures.card_fields(opt.arch, not opt.not_pretrained, opt.pretrained_path),
+        class_split=datasets.class_split_hash(splits),
+        selection_split=selection_split(list(eval_loaders)),
+    )
+    new_logger = (lambda: RunLogger(opt, card=card)) if dist.is_main else SilentLogger
     progress = Progress.for_run(opt, dist)  # one bar on a terminal (rank 0), none otherwise
     if opt.evaluate_only:
         return evaluate_checkpoint(
@@ -129,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
         lambda: embed(model, make_loader(splits["evaluation"], opt, dist=dist), device, dist)[0]
     )
     if dist.is_main:
-        logger = RunLogger(opt, Path(opt.resume) if opt.resume else None, resume=bool(opt.resume))
+        logger = RunLogger(opt, Path(opt.resume) if opt.resume else None, resume=bool(opt.resume), card=card)
     else:
         logger = SilentLogger()
     logger.folder = distributed.broadcast_object(logger.folder, dist)
@@ -147,6 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     # ---- train ------------------------------------------------------------------------------------
+    stopped = None
     for epoch in range(start_epoch, opt.n_epochs):
         progress.start_epoch(epoch)
         train_set.set_epoch(opt.seed, epoch)  # augmentation keyed on (seed, epoch, sample)
@@ -201,9 +223,18 @@ def main(argv: list[str] | None = None) -> dict:
         )  # a collective under torchrun (every rank's RNG state); rank 0 writes
         if dist.is_main and best_epoch == epoch:  # best before last: a crash in between redoes this epoch
             checkpoint.save_atomic(saved, logger.folder / "checkpoint_best.pt")
+            if opt.save_embeddings:  # what Result_Evaluations --query_bootstrap resamples
+                keep_selected_embeddings(logger.folder, due)
         if dist.is_main:
             checkpoint.save_atomic(saved, logger.folder / "checkpoint_last.pt")
         kill_point(f"saved:{epoch}")
+        if on_epoch is not None:  # after the checkpoint: a stop here leaves a complete run folder
+            try:
+                on_epoch(epoch, results, logger.folder)
+            except RunStopped as stop:
+                stopped = {"after_epoch": epoch, "reason": str(stop)}
+                log.info(f"Stopped after epoch {epoch}: {stop}")
+                break
 
     # ---- summary ----------------------------------------------------------------------------------
     progress.close()
@@ -218,6 +249,8 @@ def main(argv: list[str] | None = None) -> dict:
         tie_breakers=opt.storage_metrics[1:],
     )
     result["splits"] = split_info
+    if stopped is not None:
+        result["stopped"] = stopped
     peak_memory = resources.peak_memory(device, dist, peak_memory)
     result["compute"] = resources.compute_summary(logger.rows, peak_memory, wall_time)  # images/s, memory
     logger.summary(result)
