@@ -119,9 +119,11 @@ def main(argv: list[str] | None = None, *, on_epoch: EpochHook | None = None) ->
     new_logger = (lambda: RunLogger(opt, card=card)) if dist.is_main else SilentLogger
     progress = Progress.for_run(opt, dist)  # one bar on a terminal (rank 0), none otherwise
     if opt.evaluate_only:
-        return evaluate_checkpoint(
+        result = evaluate_checkpoint(
             model, state, eval_loaders, opt, device, metric_device, new_logger, dist, progress
         )
+        distributed.shutdown(dist)
+        return result
     optimizer = build_optimizer(model, criterion, opt)
     scheduler = build_scheduler(optimizer, opt)
     parts = {  # every stateful object of the run, each saved by itself; the process RNGs last

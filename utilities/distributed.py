@@ -141,7 +141,10 @@ def init(ctx: Context, device: torch.device, backend: str, timeout_s: float) -> 
 
 
 def shutdown(ctx: Context) -> None:
+    """Leave the process group together: a rank that exits while another still talks to it can
+    make the other's gloo connection fail at interpreter exit (SIGABRT in its destructor)."""
     if ctx.active and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
