@@ -44,7 +44,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # hash leaves them out, so the seeds and reruns of one setup share it. What is excluded, and why:
 # - names and places: save_path, savename, group, source_path (the data's location; the class-split
 #   hash records the data itself), data_cache (a folder; its image size is data_cache_size), config
-#   (the file the flags came from; the flags themselves are hashed);
+#   (the file the flags came from; the flags themselves are hashed), pretrained_path (where a weights
+#   file lies; its content is the card's weights identity, a SHA-256);
 # - the seed (seeds of one setup differ in it by definition);
 # - W&B: log_online, project and every wandb_* flag;
 # - devices and processes: device, gpu, kernels, evaluate_on_gpu, channels_last (memory layout),
@@ -55,7 +56,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 #   save_embeddings (the selection's --storage_metrics stay in);
 # - how the process started: resume, evaluate_only, checkpoint.
 BOOKKEEPING = frozenset({
-    "save_path", "savename", "group", "source_path", "data_cache", "config", "seed",
+    "save_path", "savename", "group", "source_path", "data_cache", "config", "pretrained_path", "seed",
     "log_online", "project",
     "device", "gpu", "kernels", "evaluate_on_gpu", "channels_last", "eval_chunk",
     "world_size", "process_group", "dist_backend", "dist_timeout",
