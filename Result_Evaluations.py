@@ -109,7 +109,7 @@ more columns would not fit a page). Runs that recorded the
 uncertainty or verification metrics (``erc_recall@1``, ``erc_mAP@R``, ``confidence_accuracy``,
 ``roc_auc``, ``eer``, ``tpr@1e-3``; e.g. the probabilistic losses) also get
 ``table_<dataset>_uncertainty.tex`` (Method, R@1, MAP@R and those; ERC areas and EER are bolded
-at their minimum). Tables of more than 8 columns (three or more Recall@k) are set in
+at their minimum) and the figure ``Uncertainty_Recall_ERC_<DATASET>`` (R@1 against ERC-R@1). Tables of more than 8 columns (three or more Recall@k) are set in
 ``\\footnotesize`` with narrower gaps.
 
 Figures. Every method has one style in all of them: the colour of its family (Okabe & Ito's
@@ -1658,6 +1658,39 @@ def rho_figure(rows: list[dict[str, Any]], dataset: str, styles: dict[str, Metho
     return fig
 
 
+_ERC = "testing/erc_recall@1"
+
+
+def uncertainty_figure(
+    rows: list[dict[str, Any]], dataset: str, styles: dict[str, MethodStyle] | None = None
+) -> Any:
+    """R@1 against ERC-R@1 (the area under the error-versus-reject curve of R@1, rejecting the
+    least confident queries first) on ``dataset``: retrieval and the worth of the confidence in
+    one picture; lower-left to upper-left is better. None when no run recorded ``erc_recall@1``."""
+    rows = [r for r in rows if r["protocol"] == SELECTED]
+    pts = [r for r in rows if r["dataset"] == dataset and f"{_ERC}|mean" in r and f"{_R1}|mean" in r]
+    if not pts:
+        return None
+    styles = styles or method_styles(rows)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9.5, 6), layout="constrained")
+    for r in pts:
+        _point(ax, r, _ERC, 100, styles[r["method"]])
+    ax.set_xlabel(
+        "ERC-R@1 (%): area under the error-versus-reject curve of R@1, test split (lower is better)"
+    )
+    ax.set_ylabel(_R1_AXIS)
+    ax.grid(True, color="0.9", lw=0.6)
+    ax.set_title(f"{DATASET_NAMES.get(dataset, dataset)}: R@1 against ERC-R@1 (confidence: predicted κ or σ²; "
+                 f"for point embeddings their norm)\nmeans over seeds; {_interval_words(pts, _R1)}",
+                 fontsize=9)  # fmt: skip
+    handles = _legend_handles(pts, styles)
+    if handles:
+        fig.legend(handles=handles, loc="outside right upper", fontsize=8, frameon=False)
+    _label_points(ax, [(r[f"{_ERC}|mean"] * 100, r[f"{_R1}|mean"] * 100, r["method"]) for r in pts])
+    return fig
+
+
 def _label_points(ax: Any, points: list[tuple[float, float, str]], fontsize: float = 7) -> None:
     """Name each point where the name covers no marker and no other name: the first free place of
     16 directions at growing distances (the least covered one when none is free), with a dotted
@@ -1774,6 +1807,9 @@ def build_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
                    "comp_metric_relation": relation_figure(selected, styles)}  # fmt: skip
         for dataset in datasets:
             figures[f"Detailed_Rel_Recall_Rho_{_file_tag(dataset)}"] = rho_figure(selected, dataset, styles)
+            uncertainty = uncertainty_figure(selected, dataset, styles)
+            if uncertainty is not None:
+                figures[f"Uncertainty_Recall_ERC_{_file_tag(dataset)}"] = uncertainty
         if datasets:
             figures["FirstPage"] = bar_figure(selected, datasets[0], styles)
     return figures

@@ -307,8 +307,14 @@ def test_uncertainty_table_bolds_each_metric_in_its_own_direction(tmp_path):
         make_run(root, "digits", f"HIB_s{seed}", seed, "HIB", 0.7, loss="hib", test_metrics=hib)
     make_run(root, "cub200", "Margin_s0", 0, "Margin", 0.6)  # no uncertainty metrics: no table
     out = tmp_path / "t"
-    RE.main(["--runs", str(root), "--out", str(out), "--no_figures", "--ci", "none"])
+    rows = RE.main(["--runs", str(root), "--out", str(out), "--no_figures", "--ci", "none"])
     assert not (out / "table_cub200_uncertainty.tex").exists()
+    assert RE.uncertainty_figure(rows, "cub200") is None
+    fig = RE.uncertainty_figure(rows, "digits")  # one marker per method at (ERC-R@1, R@1) × 100
+    points = {
+        line.get_gid(): tuple(line.get_xydata()[0]) for ax in fig.axes for line in ax.lines if line.get_gid()
+    }
+    assert points == {"PFE": pytest.approx((10.1, 80.0)), "HIB": pytest.approx((30.1, 70.0))}
     table = (out / "table_digits_uncertainty.tex").read_text()
     assert latex_problems(table) == [] and "\\label{tab:digits-uncertainty}" in table
     assert "Method & R@1 & MAP@R & ERC-R@1 & AUC & EER & Seeds" in table
