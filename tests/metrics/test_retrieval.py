@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import metrics
-from metrics.ranking import PAD, relevant_ranks
+from metrics.ranking import BLOCK_ELEMENTS, MAX_BLOCK_ELEMENTS, PAD, auto_chunk, relevant_ranks
 from tests.conftest import requires_cuda
 from utilities.errors import ConfigError
 
@@ -438,3 +438,11 @@ def test_bad_inputs_fail_early_and_clearly():
         metrics.compute(["e_recall@1"], x, y, gallery_mask=torch.zeros(5, dtype=torch.bool))
     with pytest.raises(ValueError, match="empty"):
         metrics.compute(["e_recall@1"], torch.zeros(0, 2), torch.zeros(0, dtype=torch.long))
+
+
+def test_row_blocks_are_16_mb_with_a_floor_of_128_rows_up_to_128_mb():
+    assert auto_chunk(5924, None) == BLOCK_ELEMENTS // 5924 == 708  # CUB: 16 MB blocks
+    assert auto_chunk(60502, None) == 128 and auto_chunk(136093, None) == 128  # SOP, iNat: the floor
+    assert auto_chunk(2_000_000, None) == MAX_BLOCK_ELEMENTS // 2_000_000 == 16  # memory stays bounded
+    assert auto_chunk(10**9, None) == 1 and auto_chunk(0, None) == BLOCK_ELEMENTS
+    assert auto_chunk(136093, 30) == 30  # --eval_chunk wins
