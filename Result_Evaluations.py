@@ -1645,17 +1645,35 @@ def rho_figure(rows: list[dict[str, Any]], dataset: str, styles: dict[str, Metho
             ax.annotate("", xy=(r[f"{_RHO}|mean"], r[f"{_R1}|mean"] * 100),
                         xytext=(b[f"{_RHO}|mean"], b[f"{_R1}|mean"] * 100),
                         arrowprops={"arrowstyle": "->", "color": "0.45", "lw": 0.9, "shrinkA": 6, "shrinkB": 6})  # fmt: skip
-    ax.set_xlabel(_RELATION_AXIS["rho_spectrum@2"].replace("\n", " "))
+    what = "R@1 against ρ(Φ), baselines and ρ-regularised variants (arrow: baseline → R-)"
+    _finish_r1_scatter(
+        fig, ax, pts, styles, dataset, _RHO, 1, _RELATION_AXIS["rho_spectrum@2"].replace("\n", " "), what
+    )
+    return fig
+
+
+def _finish_r1_scatter(
+    fig: Any,
+    ax: Any,
+    pts: list[dict[str, Any]],
+    styles: dict[str, MethodStyle],
+    dataset: str,
+    x_key: str,
+    x_scale: float,
+    x_label: str,
+    what: str,
+) -> None:
+    """The common part of the per-dataset R@1 scatter figures: axes, grid, title (with the
+    interval the error bars show), the method/family legend and a name at each point."""
+    ax.set_xlabel(x_label)
     ax.set_ylabel(_R1_AXIS)
     ax.grid(True, color="0.9", lw=0.6)
-    ax.set_title(f"{DATASET_NAMES.get(dataset, dataset)}: R@1 against ρ(Φ), baselines and ρ-regularised "
-                 f"variants (arrow: baseline → R-)\nmeans over seeds; {_interval_words(pts, _R1)}",
+    ax.set_title(f"{DATASET_NAMES.get(dataset, dataset)}: {what}\nmeans over seeds; {_interval_words(pts, _R1)}",
                  fontsize=9)  # fmt: skip
     handles = _legend_handles(pts, styles)
     if handles:
         fig.legend(handles=handles, loc="outside right upper", fontsize=8, frameon=False)
-    _label_points(ax, [(r[f"{_RHO}|mean"], r[f"{_R1}|mean"] * 100, r["method"]) for r in pts])
-    return fig
+    _label_points(ax, [(r[f"{x_key}|mean"] * x_scale, r[f"{_R1}|mean"] * 100, r["method"]) for r in pts])
 
 
 _ERC = "testing/erc_recall@1"
@@ -1676,18 +1694,9 @@ def uncertainty_figure(
     fig, ax = plt.subplots(figsize=(9.5, 6), layout="constrained")
     for r in pts:
         _point(ax, r, _ERC, 100, styles[r["method"]])
-    ax.set_xlabel(
-        "ERC-R@1 (%): area under the error-versus-reject curve of R@1, test split (lower is better)"
-    )
-    ax.set_ylabel(_R1_AXIS)
-    ax.grid(True, color="0.9", lw=0.6)
-    ax.set_title(f"{DATASET_NAMES.get(dataset, dataset)}: R@1 against ERC-R@1 (confidence: predicted κ or σ²; "
-                 f"for point embeddings their norm)\nmeans over seeds; {_interval_words(pts, _R1)}",
-                 fontsize=9)  # fmt: skip
-    handles = _legend_handles(pts, styles)
-    if handles:
-        fig.legend(handles=handles, loc="outside right upper", fontsize=8, frameon=False)
-    _label_points(ax, [(r[f"{_ERC}|mean"] * 100, r[f"{_R1}|mean"] * 100, r["method"]) for r in pts])
+    what = "R@1 against ERC-R@1 (confidence: predicted κ or σ²; for point embeddings their norm)"
+    x_label = "ERC-R@1 (%): area under the error-versus-reject curve of R@1, test split (lower is better)"
+    _finish_r1_scatter(fig, ax, pts, styles, dataset, _ERC, 100, x_label, what)
     return fig
 
 
