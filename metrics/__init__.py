@@ -234,10 +234,9 @@ def compute(
         confidence=confidence,
     )
     ctx.request_ranks(max((m.ranks_needed(ctx) for m in metrics.values()), default=0))
-    if backend == "faiss":
-        for m in metrics.values():
-            if hasattr(m, "search_depth"):
-                ctx.request_depth(m.search_depth(ctx), m.view)
+    for m in metrics.values():  # the faiss search's depth; the exact pass skips what lies deeper
+        if hasattr(m, "search_depth"):
+            ctx.request_depth(None if m.exact_only else m.search_depth(ctx), m.view)
     results: dict[str, float | list[float]] = {}
     for name, metric in metrics.items():
         if progress is not None:

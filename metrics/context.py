@@ -114,7 +114,7 @@ class EvalContext:
         self.timings: dict[str, float] = {}
         self.search_recall: dict[str, float] = {}  # approximate faiss index: search_recall@k -> value
         self._width = 0
-        self._depth: dict[str, int] = {}
+        self._depth: dict[str, int | None] = {}
         self._ranks: dict[str, torch.Tensor] = {}
         self._clusters: dict[str, torch.Tensor] = {}
         self._shared: dict[str, object] = {}
@@ -239,13 +239,20 @@ class EvalContext:
             raise RuntimeError("request all ranks before the first ranking pass")
         self._width = max(self._width, width)
 
-    def request_depth(self, depth: int, view: str = "euclidean") -> None:
-        """``backend="faiss"``: search ``view`` at least ``depth`` deep (the deepest rank a requested
-        metric compares with); call before the first :meth:`ranks` of that view."""
+    def request_depth(self, depth: int | None, view: str = "euclidean") -> None:
+        """The deepest rank a requested metric compares with on ``view`` (None: every rank, as
+        ``mAP`` needs); call before the first :meth:`ranks` of that view. ``backend="faiss"`` searches
+        that deep (and needs a number). The exact pass stores relevant items ranked deeper as
+        :func:`metrics.ranking.missing`, which lets it skip most of a wide gallery; without a
+        request it keeps every rank."""
         view = self.view(view)
-        if view in self._ranks and depth > self._depth.get(view, 0):
-            raise RuntimeError("request the search depth before the first search")
-        self._depth[view] = max(self._depth.get(view, 0), int(depth))
+        if view in self._ranks:
+            done = self._depth.get(view)  # None: every rank was kept
+            if done is not None and (depth is None or depth > done):
+                raise RuntimeError("request the search depth before the first search")
+            return
+        old = self._depth.get(view, 0)
+        self._depth[view] = None if depth is None or old is None else max(old, int(depth))
 
     @property
     def width(self) -> int:
@@ -255,12 +262,13 @@ class EvalContext:
     def ranks(self, view: str = "euclidean") -> torch.Tensor:
         """(Nq, width) int64: sorted 1-based ranks of each query's relevant gallery items in its
         ranking of the gallery (self excluded by index, ties by index); columns beyond the
-        query's R hold :data:`metrics.ranking.PAD`. One exact pass per view, see :mod:`metrics.ranking`;
+        query's R hold :data:`metrics.ranking.PAD`. One exact pass per view, see :mod:`metrics.ranking`
+        (with a :meth:`request_depth`, ranks deeper than it read :func:`metrics.ranking.missing`);
         ``backend="faiss"``: one search per view to its requested depth, relevant items beyond it at
-        :func:`metrics.faiss_search.missing` (see :mod:`metrics.faiss_search`)."""
+        :func:`metrics.ranking.missing` (see :mod:`metrics.faiss_search`)."""
         view = self.view(view)
         if view not in self._ranks and self.backend == "faiss":
-            if view not in self._depth:
+            if self._depth.get(view) is None:
                 raise RuntimeError(f"backend='faiss': request_depth(k, {view!r}) before the first ranks()")
             self._ranks[view], recall = faiss_search.knn_ranks(
                 self._features(view),
@@ -290,6 +298,7 @@ class EvalContext:
                     chunk=self.chunk,
                     score=self.score,
                     params=self.params,
+                    depth=self._depth.get(view),
                 )
         return self._ranks[view]
 

@@ -73,7 +73,7 @@ import numpy as np
 import torch
 
 from metrics.kmeans import prepare as kmeans_input
-from metrics.ranking import BLOCK_ELEMENTS, PAD, faiss_gpus, import_faiss
+from metrics.ranking import BLOCK_ELEMENTS, PAD, faiss_gpus, import_faiss, missing
 
 INDEXES = ("flat", "ivf", "hnsw", "ivfpq")
 # the parameters each index reads; a key known to some index is ignored by the others, so one dict
@@ -227,11 +227,6 @@ def _neighbours(ids: torch.Tensor, self_pos: torch.Tensor, depth: int) -> tuple[
     valid = (ids >= 0) & (ids != self_pos[:, None])
     rank = torch.cumsum(valid, 1)
     return valid & (rank <= depth), rank
-
-
-def missing(n_gallery: int) -> int:
-    """The rank stored for a relevant item not found within the depth: after every rank ≤ G."""
-    return n_gallery + 1
 
 
 def ranks_from_knn(
