@@ -68,12 +68,13 @@ def nearest_two(x: torch.Tensor, centroids: torch.Tensor, chunk: int | None = No
         xb = x[start : start + rows]
         end = start + len(xb)
         # |c|² − 2 x·c: the row's |x|² is added to the two minima only, it does not change the order
-        d = torch.addmm(c_sq[None, :], xb, centroids.T, alpha=-2.0, out=buf[: len(xb)])
         if use_numba:
             from metrics import _kmeans_kernel  # lazy: loading the numba kernel costs ~1 s per process
 
-            _kmeans_kernel.min2(d, assign[start:end], first[start:end], second[start:end])
+            d = torch.mm(xb, centroids.T, out=buf[: len(xb)])
+            _kmeans_kernel.min2(d, c_sq, assign[start:end], first[start:end], second[start:end])
             continue
+        d = torch.addmm(c_sq[None, :], xb, centroids.T, alpha=-2.0, out=buf[: len(xb)])
         a = d.argmin(1)
         assign[start:end] = a
         first[start:end] = d.gather(1, a[:, None])[:, 0]
