@@ -554,7 +554,18 @@ def _check_dim(d: int) -> None:
         raise ValueError(f"a von Mises-Fisher distribution needs dimension d >= 2, got {d}")
 
 
-class _LogBesselIv(torch.autograd.Function):
+class _ElementwiseInKappa(torch.autograd.Function):
+    """An elementwise function of κ whose forward saves its derivative in κ (computed alongside
+    the value, in float64) for the backward."""
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (derivative,) = ctx.saved_tensors
+        return grad * derivative, None
+
+
+class _LogBesselIv(_ElementwiseInKappa):
     @staticmethod
     def forward(ctx, kappa: torch.Tensor, nu: float) -> torch.Tensor:
         x = _float64(kappa)
@@ -562,14 +573,8 @@ class _LogBesselIv(torch.autograd.Function):
         ctx.save_for_backward((ratio + nu / x).to(kappa.dtype))
         return log_iv.to(kappa.dtype)
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        (derivative,) = ctx.saved_tensors
-        return grad * derivative, None
 
-
-class _LogVmfNormalizer(torch.autograd.Function):
+class _LogVmfNormalizer(_ElementwiseInKappa):
     @staticmethod
     def forward(ctx, kappa: torch.Tensor, d: int) -> torch.Tensor:
         nu, x = d / 2.0 - 1.0, _float64(kappa)
@@ -577,26 +582,14 @@ class _LogVmfNormalizer(torch.autograd.Function):
         ctx.save_for_backward((-ratio).to(kappa.dtype))
         return (nu * torch.log(x) - 0.5 * d * LOG_2PI - log_iv).to(kappa.dtype)
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        (derivative,) = ctx.saved_tensors
-        return grad * derivative, None
 
-
-class _BesselRatio(torch.autograd.Function):
+class _BesselRatio(_ElementwiseInKappa):
     @staticmethod
     def forward(ctx, kappa: torch.Tensor, d: int) -> torch.Tensor:
         x = _float64(kappa)
         _, ratio = _log_iv_and_ratio(d / 2.0 - 1.0, x)
         ctx.save_for_backward((1.0 - ratio * ratio - (d - 1) * (ratio / x)).to(kappa.dtype))
         return ratio.to(kappa.dtype)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        (derivative,) = ctx.saved_tensors
-        return grad * derivative, None
 
 
 def log_bessel_iv(nu: float, kappa: torch.Tensor) -> torch.Tensor:
