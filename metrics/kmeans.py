@@ -142,6 +142,17 @@ def _lloyd(x: torch.Tensor, k: int, seed: int, niter: int, spherical: bool, chun
         check = torch.nonzero(upper + eps >= lower).flatten()
         if len(check) == 0:
             break
+        if 2 * len(check) > n:
+            # most points need a look (overlapping clusters, e.g. iNaturalist's 2,452 at 55 images
+            # each, where 93-98 % do in every iteration): one pass over all rows costs less than
+            # gathering the checked ones and tightening their bounds first (~130 of ~800 ms per
+            # iteration there); the rows the bounds had cleared keep their centroid either way
+            a, upper, lower = nearest_two(x, centroids, chunk, backend)
+            changed = bool((a != assign).any())
+            assign = a
+            if not changed:
+                break
+            continue
         upper[check] = (x[check] - centroids[assign[check]]).norm(dim=1)
         check = check[upper[check] + eps >= lower[check]]
         if len(check) == 0:

@@ -180,6 +180,15 @@ def plain_lloyd(x, k, seed, niter):
 
 
 @pytest.mark.parametrize("niter", [1, 3, 20])
-def test_bounded_lloyd_equals_plain_lloyd_with_many_overlapping_clusters(niter):
+def test_bounded_lloyd_equals_plain_lloyd_with_many_overlapping_clusters(niter, monkeypatch):
+    from metrics import kmeans as kmeans_module
+
     x, _ = clustered(n_classes=60, dim=6, seed=9, min_size=2, max_size=10, spread=1.5)
+    passes = []
+    nearest_two = kmeans_module.nearest_two
+    monkeypatch.setattr(
+        kmeans_module, "nearest_two", lambda rows, *a, **kw: passes.append(len(rows)) or nearest_two(rows, *a, **kw)
+    )
     assert torch.equal(kmeans(x, 60, seed=2, niter=niter), plain_lloyd(x, 60, 2, niter))
+    if niter == 20:  # both kinds of iteration ran: over every row, and over the checked ones only
+        assert passes.count(len(x)) > 2 and any(0 < p < len(x) / 2 for p in passes)
