@@ -134,7 +134,7 @@ def _count_row_below(row, bound, keys, lut, lo, nbins, shift, counts):
     common, well-predicted case) is skipped after one integer compare; the others are counted,
     those beyond the last ranked relevant key into the sentinel's bucket. (Comparing the
     unfinished distances instead, one fused multiply-add-compare per item and no finishing pass,
-    was ~20 % slower at iNaturalist scale: that loop does not vectorise, the finishing pass does.
+    was 15-30 % slower at iNaturalist scale: that loop does not vectorise, the finishing pass does.
     Testing groups of 8-64 columns branch-free first was slower too.)"""
     for g in range(row.shape[0]):
         if row[g] > bound:
