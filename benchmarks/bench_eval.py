@@ -533,7 +533,7 @@ def main() -> None:
     p.add_argument(
         "--no_faiss",
         action="store_true",
-        help="skip faiss's exact kNN search printed for reference (199 s at iNaturalist scale)",
+        help="skip faiss's exact kNN search printed for reference (minutes at iNaturalist scale)",
     )
     p.add_argument(
         "--repeats",

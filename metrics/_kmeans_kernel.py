@@ -4,8 +4,9 @@ One pass per row of a distance block finds the nearest centroid (the first one o
 ``torch.argmin``), its distance and the second smallest distance (equal to the first on a tie), the
 same values the torch path gets from ``argmin``, ``gather``, ``scatter_`` and ``min``, in one read
 instead of four, from a plain BLAS product (the kernel adds |c|² − 2·, exactly as ``addmm``
-rounds it: the product by −2 is exact, so one rounding either way). At SOP scale (11k centroids) that is most of the k-means time after the matrix
-product. Rows in parallel; the result does not depend on the thread count.
+rounds it: the product by −2 is exact, so one rounding either way). At SOP scale (11k
+centroids) that is most of the k-means time after the matrix product. Rows in parallel; the
+result does not depend on the thread count.
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ the query itself excluded) in the full ranking of the gallery:
     rank_h = 1 + #{g in gallery, g != query : key(g) < key(h-th relevant item)}
 
 * **Ranking key**: (squared Euclidean distance ``(−2 q·g + |g|²) + |q|²`` in float32, in that
-  order, clamped at 0, gallery position). The position breaks ties: among equal distances the lower gallery index (= the
-  lower index in the split) ranks first, so the result never depends on a selection algorithm.
+  order, clamped at 0, gallery position). The position breaks ties: among equal distances the
+  lower gallery index (= the lower index in the split) ranks first, so the result never depends
+  on a selection algorithm.
   On L2-normalised rows this is the cosine ranking. ``score`` (``--retrieval_score``) swaps the
   distance for a distribution score of :mod:`metrics.scores` on the same pass (same blocks, keys,
   backends): ``expected_cosine`` (vMF) a scaled inner product, 1 − w_g μ_q·μ_g, at the mean's cost;
@@ -40,11 +41,12 @@ and ``mAP_lim`` need), it replaces an O(G log k) selection per query by a bucket
 Backends (same integers on CPU; on CUDA the float32 distances may round differently):
 
 * ``numba`` (CPU; ``auto`` unless the split is tiny): BLAS computes a product block, then a
-  parallel numba kernel finishes each row into distances and makes one pass over it: each gallery item's bucket among the row's sorted relevant keys comes from a
-  lookup table over the float bits of the distances (no binary search, no branch on the data), and
-  the bucket counts' prefix sums are the ranks. Rows whose relevant items are all near the query
-  (SOP-like small classes) skip everything beyond them after one compare (per-distance costs:
-  README, "Evaluation and metrics").
+  parallel numba kernel finishes each row into distances and makes one pass over it: each
+  gallery item's bucket among the row's sorted relevant keys comes from a lookup table over the
+  float bits of the distances (no binary search, no branch on the data), and the bucket counts'
+  prefix sums are the ranks. Rows whose relevant items are all near the query (SOP-like small
+  classes) skip everything beyond them after one compare (per-distance costs: README,
+  "Evaluation and metrics").
 * ``torch`` (CPU or CUDA, used by ``--evaluate_on_gpu``): the same keys as int64, bucketed with
   ``torch.searchsorted`` and counted with ``bincount``.
 
@@ -186,18 +188,18 @@ class ScoreBlocks(NamedTuple):
     row: torch.Tensor  # (Nq,)
 
 
-def finish(d: torch.Tensor, blocks: ScoreBlocks, s: int, e: int) -> torch.Tensor:
-    """Block ``d`` of query rows s:e turned, in place, into the ranking key's floats."""
-    if blocks.alpha != 1.0:
-        d.mul_(blocks.alpha)
-    return d.add_(blocks.col[None, :]).add_(blocks.row[s:e, None]).clamp_min_(0)
+def finish(d: torch.Tensor, alpha: float, col: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
+    """A raw block ``d`` (rows × G) turned, in place, into the ranking key's floats:
+    ``max(0, (alpha · d + col[g]) + row[q])`` (:class:`ScoreBlocks`; ``row``: the block's rows)."""
+    if alpha != 1.0:
+        d.mul_(alpha)
+    return d.add_(col[None, :]).add_(row[:, None]).clamp_min_(0)
 
 
 def _distances(q: torch.Tensor, g: torch.Tensor, g_sq: torch.Tensor, out: torch.Tensor | None = None):
     """(len(q), len(g)) squared Euclidean distances, clamped at 0: the floats the ranking key
     compares (``mean`` score)."""
-    d = torch.mm(q, g.T, out=out).mul_(-2.0).add_(g_sq[None, :])
-    return d.add_(q.pow(2).sum(1, keepdim=True)).clamp_min_(0)
+    return finish(torch.mm(q, g.T, out=out), -2.0, g_sq, q.pow(2).sum(1))
 
 
 def _score_blocks(
@@ -319,7 +321,7 @@ def _relevant_ranks(
     else:
         for s in range(0, len(query_idx), rows):
             e = min(s + rows, len(query_idx))
-            d = finish(blocks.block(s, e, None), blocks, s, e)
+            d = finish(blocks.block(s, e, None), blocks.alpha, blocks.col, blocks.row[s:e])
             out[s:e] = _ranks_torch(d, members, start[s:e], stop[s:e], self_pos[s:e], width)
     if depth is not None:  # the same integers from every backend, however much each one skipped
         out[(out > depth) & (out != PAD)] = missing(n_g)
